@@ -1,0 +1,473 @@
+//! One typed configuration: built-in defaults < TOML file < `UNWIND_*` environment < flags.
+//!
+//! Nested keys come from the environment with a double underscore, e.g.
+//! `UNWIND_ECT__CLOCK_SKEW_S=30`; top-level keys as they are, e.g. `UNWIND_DATABASE_URL`.
+//! Every problem is reported with the key it concerns, before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::ect::Profile;
+
+/// The whole configuration of `unwind serve` (and of the client commands' defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://path` or `postgres://user@host/db`; default: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Directory for the embedded database, the generated key and the admin token.
+    pub data_dir: PathBuf,
+    /// Base URL under which operators reach this service (used in links it sends).
+    pub public_url: Option<String>,
+    /// `iss` of the ECTs Unwind signs, and the audience agents address it with.
+    pub coordinator_id: String,
+    /// Private JWK Unwind signs with; generated on first start when absent.
+    /// Default: `<data_dir>/coordinator.jwk`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Where the generated admin token is written on first start.
+    /// Default: `<data_dir>/admin.token`.
+    pub admin_token_file: Option<PathBuf>,
+    pub ect: EctConfig,
+    pub trust: TrustConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub rollback: RollbackConfig,
+    pub circuit: CircuitConfig,
+    pub hitl: HitlConfig,
+    pub cascade: CascadeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: PathBuf::from("unwind-data"),
+            public_url: None,
+            coordinator_id: "spiffe://unwind.local/coordinator".into(),
+            signing_key_file: None,
+            admin_token_file: None,
+            ect: EctConfig::default(),
+            trust: TrustConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            rollback: RollbackConfig::default(),
+            circuit: CircuitConfig::default(),
+            hitl: HitlConfig::default(),
+            cascade: CascadeConfig::default(),
+        }
+    }
+}
+
+/// `[ect]`: token verification and the names Unwind writes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EctConfig {
+    /// Names used in tokens Unwind signs: `draft-00` or `draft-01`.
+    pub profile: Profile,
+    /// Accepted signature algorithms (asymmetric only): ES256, ES384, EdDSA, PS256, RS256.
+    pub algorithms: Vec<String>,
+    /// Tolerated clock difference for `iat`/`exp` and parent ordering, in seconds.
+    pub clock_skew_s: i64,
+    /// Largest parent list accepted.
+    pub max_parents: usize,
+    /// Largest compact token accepted, in bytes.
+    pub max_token_bytes: usize,
+}
+
+impl Default for EctConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Draft00,
+            algorithms: vec!["ES256".into()],
+            clock_skew_s: 60,
+            max_parents: 100,
+            max_token_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `[trust]`: the issuers whose tokens are accepted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    pub issuers: Vec<TrustIssuerConfig>,
+    /// Least time between two fetches of one JWKS URL, in seconds (unknown-`kid` refresh).
+    pub jwks_refresh_min_interval_s: u64,
+    /// How long a fetched JWKS is used before it is fetched again, in seconds.
+    pub jwks_cache_ttl_s: u64,
+}
+
+/// `[[trust.issuers]]`: one trusted issuer, or a family of them (`id` ending in `/*`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustIssuerConfig {
+    /// Exact issuer id, or a prefix ending in `/*` (e.g. `spiffe://example.com/agent/*`).
+    pub id: String,
+    /// JWKS file (relative paths are relative to the configuration file).
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL, fetched and cached.
+    pub jwks_url: Option<String>,
+    /// Hosts this issuer's `cascade.rollback_uri` may name.
+    pub rollback_hosts: Vec<String>,
+    /// Allow plain `http` rollback URIs for these hosts (development, loopback).
+    pub allow_http: bool,
+}
+
+/// `[auth]`: operator bearer tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<AuthTokenConfig>,
+}
+
+/// `[[auth.tokens]]`: one bearer token, stored as its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthTokenConfig {
+    pub name: String,
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the token; the token itself is never stored.
+    pub sha256: String,
+}
+
+/// Operator roles, weakest first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Reader,
+    Operator,
+    Admin,
+}
+
+/// `[limits]`: request size limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body, in bytes (413 `too_large` above it).
+    pub max_body_bytes: usize,
+    /// Most tokens in one batch (413 `too_large` above it).
+    pub max_batch_tokens: usize,
+    /// Largest `Execution-Context` header, in bytes (431 above it).
+    pub max_execution_context_bytes: usize,
+    /// Seconds a request may take before it is answered 503.
+    pub request_timeout_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_batch_tokens: 1000,
+            max_execution_context_bytes: 16 * 1024,
+            request_timeout_s: 30,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Require a reader token on `/metrics`.
+    pub require_auth: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `unwind=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[rollback]`: the rollback driver (used from the rollback coordination release on).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollbackConfig {
+    pub agent_timeout_ms: u64,
+    pub step_deadline_s: u64,
+    pub max_concurrency: usize,
+    pub lease_s: u64,
+    pub evidence_ttl_s: u64,
+}
+
+impl Default for RollbackConfig {
+    fn default() -> Self {
+        Self {
+            agent_timeout_ms: 5000,
+            step_deadline_s: 600,
+            max_concurrency: 64,
+            lease_s: 30,
+            evidence_ttl_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// `[circuit]`: per-agent circuit breakers, the cascade draft's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitConfig {
+    pub window_s: u64,
+    pub error_threshold: f64,
+    pub min_calls: u64,
+    pub cooldown_s: u64,
+    pub max_cooldown_s: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self { window_s: 60, error_threshold: 0.5, min_calls: 5, cooldown_s: 30, max_cooldown_s: 300 }
+    }
+}
+
+/// `[hitl]`: human escalation webhooks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HitlConfig {
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[[hitl.webhooks]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Option<String>,
+    pub secret_env: Option<String>,
+}
+
+/// `[cascade]`: cascade detection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CascadeConfig {
+    pub window_s: u64,
+    pub escalate_above_agents: usize,
+    pub min_reporters: usize,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self { window_s: 60, escalate_above_agents: 3, min_reporters: 2 }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used; the message names the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("configuration: {0}")]
+    Other(String),
+}
+
+fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key { key: key.into(), message: message.into() }
+}
+
+/// Algorithms Unwind can verify; anything else (notably `none` and HMAC) is refused.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &["ES256", "ES384", "EdDSA", "PS256", "RS256"];
+
+impl Config {
+    /// Loads defaults < `file` < `UNWIND_*` environment < `overrides`, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env, overrides)
+    }
+
+    /// Like [`Config::load`], with the environment given (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    message: "no such file".into(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // `UNWIND_A__B` sets `a.b`; values parse like the environment provider's (numbers,
+        // booleans, arrays), so `UNWIND_ECT__CLOCK_SKEW_S=30` is a number.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("UNWIND_") else { continue };
+            if CLIENT_ENV.contains(&name.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let parsed: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            figment = figment.merge((key, parsed));
+        }
+        figment = figment.merge(Serialized::defaults(overrides));
+        let mut config: Config = figment.extract().map_err(|e| figment_error(file, e))?;
+        if let Some(dir) = file.and_then(Path::parent) {
+            for issuer in &mut config.trust.issuers {
+                if let Some(p) = &issuer.jwks_file {
+                    if p.is_relative() {
+                        issuer.jwks_file = Some(dir.join(p));
+                    }
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(key_error("database_url", format!("`{url}` is neither sqlite:… nor postgres://…")));
+            }
+        }
+        if self.coordinator_id.trim().is_empty() {
+            return Err(key_error("coordinator_id", "must not be empty"));
+        }
+        if self.ect.algorithms.is_empty() {
+            return Err(key_error("ect.algorithms", "must name at least one algorithm"));
+        }
+        for alg in &self.ect.algorithms {
+            if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
+                return Err(key_error(
+                    "ect.algorithms",
+                    format!("`{alg}` is not allowed; choose from {}", SUPPORTED_ALGORITHMS.join(", ")),
+                ));
+            }
+        }
+        if self.ect.clock_skew_s < 0 {
+            return Err(key_error("ect.clock_skew_s", "must not be negative"));
+        }
+        if self.ect.max_parents == 0 {
+            return Err(key_error("ect.max_parents", "must be at least 1"));
+        }
+        if self.ect.max_token_bytes < 256 {
+            return Err(key_error("ect.max_token_bytes", "must be at least 256"));
+        }
+        for (i, issuer) in self.trust.issuers.iter().enumerate() {
+            let key = |k: &str| format!("trust.issuers[{i}].{k}");
+            if issuer.id.is_empty() {
+                return Err(key_error(&key("id"), "must not be empty"));
+            }
+            if issuer.id.contains('*') && !(issuer.id.ends_with("/*") && issuer.id.matches('*').count() == 1) {
+                return Err(key_error(&key("id"), "a pattern must end in `/*` and have no other `*`"));
+            }
+            match (&issuer.jwks_file, &issuer.jwks_url) {
+                (None, None) => return Err(key_error(&key("jwks_file"), "one of jwks_file or jwks_url is required")),
+                (Some(_), Some(_)) => return Err(key_error(&key("jwks_url"), "give jwks_file or jwks_url, not both")),
+                (Some(path), None) if !path.is_file() => {
+                    return Err(key_error(&key("jwks_file"), format!("{} is not a readable file", path.display())));
+                }
+                (None, Some(url)) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                    return Err(key_error(&key("jwks_url"), "must be an http(s) URL"));
+                }
+                _ => {}
+            }
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            let ok = token.sha256.len() == 64 && token.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(key_error(&format!("auth.tokens[{i}].sha256"), "must be 64 hex digits (SHA-256 of the token)"));
+            }
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(key_error("limits.max_body_bytes", "must be at least 1024"));
+        }
+        if self.limits.max_batch_tokens == 0 {
+            return Err(key_error("limits.max_batch_tokens", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.circuit.error_threshold) {
+            return Err(key_error("circuit.error_threshold", "must be between 0 and 1"));
+        }
+        for (i, hook) in self.hitl.webhooks.iter().enumerate() {
+            if hook.secret.is_none() && hook.secret_env.is_none() {
+                return Err(key_error(&format!("hitl.webhooks[{i}].secret"), "give secret or secret_env"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in force (default: SQLite in the data directory).
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("unwind.db").display()),
+        }
+    }
+
+    /// The signing key file in force.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_file.clone().unwrap_or_else(|| self.data_dir.join("coordinator.jwk"))
+    }
+
+    /// The admin token file in force.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The public base URL in force.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+/// Environment variables read by the client commands, not by the configuration.
+const CLIENT_ENV: &[&str] = &["UNWIND_URL", "UNWIND_TOKEN", "UNWIND_TEST_POSTGRES_URL"];
+
+fn figment_error(file: Option<&Path>, e: figment::Error) -> ConfigError {
+    let key = e.path.join(".");
+    let message = e.kind.to_string();
+    if key.is_empty() {
+        match file {
+            Some(path) => ConfigError::File { path: path.to_path_buf(), message: e.to_string() },
+            None => ConfigError::Other(e.to_string()),
+        }
+    } else {
+        ConfigError::Key { key, message }
+    }
+}

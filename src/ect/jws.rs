@@ -1,0 +1,3 @@
+//! Compact JWS parsing: exactly three base64url parts, size limit, strict JSON (duplicate keys
+//! refused), header rules (`alg` allow-list before any key lookup, `typ`, `kid`, no key
+//! material or URLs in the header).

@@ -1,0 +1,14 @@
+//! Unwind: a rollback coordinator for multi-agent workflows.
+//!
+//! Agents record what they did as Execution Context Tokens (ECTs, signed JWTs whose parent
+//! lists form a DAG). Unwind verifies and appends them to a ledger ([`ledger`], [`store`]),
+//! answers questions about their DAG ([`dag`]) and serves all of it over HTTP ([`api`]).
+//! See `docs/architecture.md` for the map of modules and what may call what.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod dag;
+pub mod ect;
+pub mod ledger;
+pub mod store;
