@@ -1,1 +1,293 @@
-//! Ingest pipeline.
+//! The ingest pipeline: verify tokens, order a batch topologically, check the DAG rules against
+//! the ledger and the batch itself, and append what passed in one transaction.
+//!
+//! The ledger is append-only, so a parent that was seen once stays: checking parents before the
+//! append transaction is safe. The only race left is two writers storing one `jti` with other
+//! content; the store detects it inside its transaction and the batch is checked again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::dag::order_batch;
+use crate::ect::{RejectCode, Rejection, VerifiedEct, Verifier};
+use crate::store::{EctMeta, InsertOutcome, NewEct, Store, StoreError};
+
+/// How a token that was not refused ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestStatus {
+    /// Appended now.
+    Created,
+    /// The same token was already in the ledger; nothing changed.
+    Duplicate,
+}
+
+impl IngestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The result for one token of a batch, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestResult {
+    /// The token's `jti` when it could be read.
+    pub jti: Option<String>,
+    pub outcome: Result<IngestStatus, Rejection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How many times a batch is checked again after losing a `jti` race inside the store.
+const APPEND_ATTEMPTS: usize = 3;
+
+/// Verifies and records ECTs.
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    verifier: Arc<Verifier>,
+    clock_skew_s: i64,
+}
+
+impl Ledger {
+    pub fn new(store: Arc<dyn Store>, verifier: Arc<Verifier>, clock_skew_s: i64) -> Self {
+        Self { store, verifier, clock_skew_s }
+    }
+
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Ingests a batch; one result per token, in input order.
+    pub async fn ingest(&self, tokens: &[String]) -> Result<Vec<IngestResult>, LedgerError> {
+        let started = Instant::now();
+        let now = chrono::Utc::now().timestamp();
+        let verified = self.verifier.verify_batch(tokens, now).await;
+        let results = self.ingest_verified(verified).await?;
+        for result in &results {
+            let label = match &result.outcome {
+                Ok(status) => status.as_str(),
+                Err(rejection) => rejection.code.as_str(),
+            };
+            metrics::counter!("unwind_ect_ingest_total", "result" => label).increment(1);
+        }
+        metrics::histogram!("unwind_ect_ingest_batch_seconds").record(started.elapsed());
+        Ok(results)
+    }
+
+    /// Ingests tokens that already went through verification (refusals pass through).
+    pub async fn ingest_verified(
+        &self,
+        verified: Vec<Result<VerifiedEct, Rejection>>,
+    ) -> Result<Vec<IngestResult>, LedgerError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.check_and_append(&verified).await {
+                Err(LedgerError::Store(StoreError::JtiConflict(jti))) if attempt < APPEND_ATTEMPTS => {
+                    tracing::debug!(%jti, attempt, "lost a jti race; checking the batch again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn check_and_append(
+        &self,
+        verified: &[Result<VerifiedEct, Rejection>],
+    ) -> Result<Vec<IngestResult>, LedgerError> {
+        let mut results: Vec<IngestResult> = verified
+            .iter()
+            .map(|v| IngestResult {
+                jti: v.as_ref().ok().map(|e| e.jti.clone()),
+                outcome: match v {
+                    Ok(_) => Ok(IngestStatus::Created),
+                    Err(rejection) => Err(rejection.clone()),
+                },
+            })
+            .collect();
+
+        // One candidate per jti: a repeat of the same token is a duplicate of the first, a
+        // repeat with other content conflicts with it.
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut candidates: Vec<usize> = Vec::new();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        for (i, v) in verified.iter().enumerate() {
+            let Ok(ect) = v else { continue };
+            match first_of.get(ect.jti.as_str()) {
+                None => {
+                    first_of.insert(&ect.jti, i);
+                    candidates.push(i);
+                }
+                Some(&first) => repeats.push((i, first)),
+            }
+        }
+        let ect = |i: usize| match &verified[i] {
+            Ok(e) => Some(e),
+            Err(_) => None,
+        };
+
+        let items: Vec<(String, Vec<String>)> = candidates
+            .iter()
+            .filter_map(|&i| ect(i).map(|e| (e.jti.clone(), e.parents.clone())))
+            .collect();
+        let order = order_batch(&items);
+        for &k in &order.cyclic {
+            results[candidates[k]].outcome = Err(Rejection::new(
+                RejectCode::Cycle,
+                "the token's parents form a cycle inside the batch",
+            ));
+        }
+
+        // Everything the checks may need from the ledger, in one query.
+        let mut wanted: Vec<String> = Vec::new();
+        for &i in &candidates {
+            if let Some(e) = ect(i) {
+                wanted.push(e.jti.clone());
+                wanted.extend(e.parents.iter().cloned());
+            }
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let stored: HashMap<String, EctMeta> = self
+            .store
+            .find_meta(&wanted)
+            .await?
+            .into_iter()
+            .map(|m| (m.jti.clone(), m))
+            .collect();
+
+        // Parents accepted earlier in this batch.
+        let mut accepted: HashMap<&str, (Option<&str>, i64)> = HashMap::new();
+        let mut to_append: Vec<(usize, NewEct)> = Vec::new();
+        for &k in &order.order {
+            let i = candidates[k];
+            let Some(e) = ect(i) else { continue };
+            match self.check_rules(e, &stored, &accepted) {
+                Ok(Some(IngestStatus::Duplicate)) => {
+                    results[i].outcome = Ok(IngestStatus::Duplicate);
+                    // A duplicate is in the ledger: children later in the batch may use it.
+                }
+                Ok(_) => {
+                    accepted.insert(&e.jti, (e.wid.as_deref(), e.iat));
+                    to_append.push((i, new_ect(e)));
+                }
+                Err(rejection) => results[i].outcome = Err(rejection),
+            }
+        }
+
+        if !to_append.is_empty() {
+            let batch: Vec<NewEct> = to_append.iter().map(|(_, n)| n.clone()).collect();
+            let outcomes = self.store.append(&batch).await?;
+            for ((i, _), outcome) in to_append.iter().zip(outcomes) {
+                results[*i].outcome = Ok(match outcome {
+                    InsertOutcome::Created => IngestStatus::Created,
+                    InsertOutcome::Duplicate => IngestStatus::Duplicate,
+                });
+            }
+        }
+
+        for (i, first) in repeats {
+            let (Some(e), Some(f)) = (ect(i), ect(first)) else { continue };
+            results[i].outcome = if e.content_hash != f.content_hash {
+                Err(Rejection::new(
+                    RejectCode::JtiConflict,
+                    format!("jti {} appears earlier in the batch with other content", e.jti),
+                ))
+            } else {
+                match &results[first].outcome {
+                    Ok(_) => Ok(IngestStatus::Duplicate),
+                    Err(rejection) => Err(rejection.clone()),
+                }
+            };
+        }
+        Ok(results)
+    }
+
+    /// The DAG rules of spec/ect.md, in their order. `Ok(Some(Duplicate))` when the same token
+    /// is already stored.
+    fn check_rules(
+        &self,
+        e: &VerifiedEct,
+        stored: &HashMap<String, EctMeta>,
+        accepted: &HashMap<&str, (Option<&str>, i64)>,
+    ) -> Result<Option<IngestStatus>, Rejection> {
+        if let Some(existing) = stored.get(&e.jti) {
+            if existing.content_hash == e.content_hash {
+                return Ok(Some(IngestStatus::Duplicate));
+            }
+            return Err(Rejection::new(
+                RejectCode::JtiConflict,
+                format!("jti {} is already recorded with other content", e.jti),
+            ));
+        }
+        let mut parents = Vec::with_capacity(e.parents.len());
+        for parent in &e.parents {
+            let found = match stored.get(parent) {
+                Some(meta) => Some((meta.wid.as_deref(), meta.iat)),
+                None => accepted.get(parent.as_str()).copied(),
+            };
+            match found {
+                Some(p) => parents.push((parent, p)),
+                None => {
+                    return Err(Rejection::new(
+                        RejectCode::UnknownParent,
+                        format!("parent {parent} is not in the ledger"),
+                    ));
+                }
+            }
+        }
+        for (parent, (wid, _)) in &parents {
+            if *wid != e.wid.as_deref() {
+                return Err(Rejection::new(
+                    RejectCode::WidMismatch,
+                    format!(
+                        "parent {parent} belongs to workflow {}, the token to {}",
+                        wid.unwrap_or("(none)"),
+                        e.wid.as_deref().unwrap_or("(none)")
+                    ),
+                ));
+            }
+        }
+        for (parent, (_, iat)) in &parents {
+            if *iat > e.iat.saturating_add(self.clock_skew_s) {
+                return Err(Rejection::new(
+                    RejectCode::ParentAfterChild,
+                    format!("parent {parent} was issued at {iat}, after the token ({})", e.iat),
+                ));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The row to append for a verified token.
+pub fn new_ect(e: &VerifiedEct) -> NewEct {
+    NewEct {
+        jti: e.jti.clone(),
+        wid: e.wid.clone(),
+        iss: e.iss.clone(),
+        sub: e.sub.clone(),
+        exec_act: e.exec_act.clone(),
+        parents: e.parents.clone(),
+        iat: e.iat,
+        exp: e.exp,
+        out_hash: e.out_hash.clone(),
+        ext: e.ext.clone(),
+        claims: e.claims.clone(),
+        token: e.token.clone(),
+        kid: e.header.kid.clone(),
+        content_hash: e.content_hash.clone(),
+    }
+}

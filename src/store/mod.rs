@@ -169,6 +169,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every node of a workflow (for the DAG and blast radius), in ledger order.
     async fn workflow_nodes(&self, wid: &str) -> Result<Vec<DagNode>, StoreError>;
 
+    /// Every node that belongs to no workflow (no `wid`), in ledger order.
+    async fn unscoped_nodes(&self) -> Result<Vec<DagNode>, StoreError>;
+
     /// Number of stored tokens.
     async fn count_ects(&self) -> Result<i64, StoreError>;
 }
