@@ -58,7 +58,11 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(store: Arc<dyn Store>, verifier: Arc<Verifier>, clock_skew_s: i64) -> Self {
-        Self { store, verifier, clock_skew_s }
+        Self {
+            store,
+            verifier,
+            clock_skew_s,
+        }
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
@@ -95,7 +99,9 @@ impl Ledger {
         loop {
             attempt += 1;
             match self.check_and_append(&verified).await {
-                Err(LedgerError::Store(StoreError::JtiConflict(jti))) if attempt < APPEND_ATTEMPTS => {
+                Err(LedgerError::Store(StoreError::JtiConflict(jti)))
+                    if attempt < APPEND_ATTEMPTS =>
+                {
                     tracing::debug!(%jti, attempt, "lost a jti race; checking the batch again");
                 }
                 other => return other,
@@ -199,11 +205,16 @@ impl Ledger {
         }
 
         for (i, first) in repeats {
-            let (Some(e), Some(f)) = (ect(i), ect(first)) else { continue };
+            let (Some(e), Some(f)) = (ect(i), ect(first)) else {
+                continue;
+            };
             results[i].outcome = if e.content_hash != f.content_hash {
                 Err(Rejection::new(
                     RejectCode::JtiConflict,
-                    format!("jti {} appears earlier in the batch with other content", e.jti),
+                    format!(
+                        "jti {} appears earlier in the batch with other content",
+                        e.jti
+                    ),
                 ))
             } else {
                 match &results[first].outcome {
@@ -264,7 +275,10 @@ impl Ledger {
             if *iat > e.iat.saturating_add(self.clock_skew_s) {
                 return Err(Rejection::new(
                     RejectCode::ParentAfterChild,
-                    format!("parent {parent} was issued at {iat}, after the token ({})", e.iat),
+                    format!(
+                        "parent {parent} was issued at {iat}, after the token ({})",
+                        e.iat
+                    ),
                 ));
             }
         }

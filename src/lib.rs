@@ -11,4 +11,5 @@ pub mod config;
 pub mod dag;
 pub mod ect;
 pub mod ledger;
+pub mod service;
 pub mod store;

@@ -32,22 +32,33 @@ impl Authenticator {
 
     /// Adds a token known in clear (the generated admin token).
     pub fn add_token(&mut self, name: &str, role: Role, token: &str) {
-        self.tokens.insert(crate::ect::sha256_hex(token.as_bytes()), (name.to_string(), role));
+        self.tokens.insert(
+            crate::ect::sha256_hex(token.as_bytes()),
+            (name.to_string(), role),
+        );
     }
 
     /// The operator a bearer token belongs to. Comparing hashes (not tokens) keeps lookups
     /// free of timing differences that would leak a token's prefix.
     pub fn operator(&self, token: &str) -> Option<(String, Role)> {
-        self.tokens.get(&crate::ect::sha256_hex(token.as_bytes())).cloned()
+        self.tokens
+            .get(&crate::ect::sha256_hex(token.as_bytes()))
+            .cloned()
     }
 }
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    Operator { name: String, role: Role },
+    Operator {
+        name: String,
+        role: Role,
+    },
     /// An agent; `tokens` are its verified `Execution-Context` tokens (at least one).
-    Agent { iss: String, tokens: Vec<VerifiedEct> },
+    Agent {
+        iss: String,
+        tokens: Vec<VerifiedEct>,
+    },
 }
 
 impl Caller {
@@ -87,7 +98,10 @@ fn role_name(role: Role) -> &'static str {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         authenticate(&parts.headers, state).await
     }
 }
@@ -98,7 +112,10 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("expected `Authorization: Bearer <token>`"))?;
@@ -108,7 +125,8 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
         };
     }
     if headers.contains_key(EXECUTION_CONTEXT) {
-        let tokens = execution_context_tokens(headers, state.config.limits.max_execution_context_bytes)?;
+        let tokens =
+            execution_context_tokens(headers, state.config.limits.max_execution_context_bytes)?;
         let now = chrono::Utc::now().timestamp();
         let mut verified = Vec::with_capacity(tokens.len());
         for token in &tokens {
@@ -117,16 +135,24 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
                 .verifier()
                 .verify(token, now)
                 .await
-                .map_err(|r| ApiError::unauthenticated(format!("Execution-Context does not verify: {r}")))?;
-            crate::ect::Verifier::require_audience(&ect, &state.config.coordinator_id)
-                .map_err(|r| ApiError::unauthenticated(format!("Execution-Context: {}", r.detail)))?;
+                .map_err(|r| {
+                    ApiError::unauthenticated(format!("Execution-Context does not verify: {r}"))
+                })?;
+            crate::ect::Verifier::require_audience(&ect, &state.config.coordinator_id).map_err(
+                |r| ApiError::unauthenticated(format!("Execution-Context: {}", r.detail)),
+            )?;
             verified.push(ect);
         }
         let iss = verified[0].iss.clone();
         if verified.iter().any(|e| e.iss != iss) {
-            return Err(ApiError::unauthenticated("Execution-Context tokens name more than one issuer"));
+            return Err(ApiError::unauthenticated(
+                "Execution-Context tokens name more than one issuer",
+            ));
         }
-        return Ok(Caller::Agent { iss, tokens: verified });
+        return Ok(Caller::Agent {
+            iss,
+            tokens: verified,
+        });
     }
     Err(ApiError::unauthenticated(
         "send `Authorization: Bearer <token>` (operators) or `Execution-Context: <ECT>` (agents)",
@@ -134,7 +160,10 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
 }
 
 /// The compact tokens of the `Execution-Context` header (431 `too_large` over the limit).
-fn execution_context_tokens(headers: &HeaderMap, max_bytes: usize) -> Result<Vec<String>, ApiError> {
+fn execution_context_tokens(
+    headers: &HeaderMap,
+    max_bytes: usize,
+) -> Result<Vec<String>, ApiError> {
     let mut values = Vec::new();
     for value in headers.get_all(EXECUTION_CONTEXT) {
         let text = value

@@ -141,7 +141,12 @@ pub struct ListEctsQuery {
     ),
     security(("bearer" = []), ("execution_context" = []))
 )]
-async fn ingest(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let context_tokens: Vec<String> = match &caller {
         Caller::Operator { .. } => {
             caller.require(Role::Operator)?;
@@ -152,7 +157,13 @@ async fn ingest(State(state): State<AppState>, caller: Caller, headers: HeaderMa
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let single = match media.as_str() {
         "application/jwt" => true,
@@ -173,10 +184,13 @@ async fn ingest(State(state): State<AppState>, caller: Caller, headers: HeaderMa
             .map_err(|_| ApiError::bad_request("malformed", "the token is not UTF-8 text"))?;
         vec![text.trim().to_string()]
     } else {
-        let request: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::invalid_request(format!("batch body: {e}")),
-            _ => ApiError::bad_request("malformed", format!("batch body is not JSON: {e}")),
-        })?;
+        let request: BatchRequest =
+            serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::invalid_request(format!("batch body: {e}"))
+                }
+                _ => ApiError::bad_request("malformed", format!("batch body is not JSON: {e}")),
+            })?;
         let max = state.config.limits.max_batch_tokens;
         if request.tokens.len() > max {
             return Err(ApiError::too_large(format!(
@@ -196,7 +210,10 @@ async fn ingest(State(state): State<AppState>, caller: Caller, headers: HeaderMa
         if let Err(rejection) = &result.outcome {
             return Err(ApiError::from(Rejection::new(
                 rejection.code,
-                format!("Execution-Context token cannot be recorded: {}", rejection.detail),
+                format!(
+                    "Execution-Context token cannot be recorded: {}",
+                    rejection.detail
+                ),
             )));
         }
     }
@@ -210,19 +227,30 @@ async fn ingest(State(state): State<AppState>, caller: Caller, headers: HeaderMa
             IngestStatus::Created => StatusCode::CREATED,
             IngestStatus::Duplicate => StatusCode::OK,
         };
-        let answer = IngestAnswer { jti: jti.unwrap_or_default(), status };
+        let answer = IngestAnswer {
+            jti: jti.unwrap_or_default(),
+            status,
+        };
         return Ok((code, axum::Json(answer)).into_response());
     }
     let results = body_results
         .into_iter()
         .enumerate()
         .map(|(index, r)| match r.outcome {
-            Ok(status) => BatchItem { index, jti: r.jti, status: status.as_str().into(), error: None },
+            Ok(status) => BatchItem {
+                index,
+                jti: r.jti,
+                status: status.as_str().into(),
+                error: None,
+            },
             Err(rejection) => BatchItem {
                 index,
                 jti: r.jti,
                 status: "rejected".into(),
-                error: Some(ItemError { code: rejection.code.as_str().into(), detail: rejection.detail }),
+                error: Some(ItemError {
+                    code: rejection.code.as_str().into(),
+                    detail: rejection.detail,
+                }),
             },
         })
         .collect();
@@ -246,8 +274,15 @@ async fn list_ects(
 ) -> Result<axum::Json<EctPage>, ApiError> {
     caller.require(Role::Reader)?;
     let limit = super::page_limit(q.limit)?;
-    let filter = EctFilter { wid: q.wid, exec_act: q.exec_act, iss: q.iss };
-    let page = state.store.list_ects(&filter, q.cursor.as_deref(), limit).await?;
+    let filter = EctFilter {
+        wid: q.wid,
+        exec_act: q.exec_act,
+        iss: q.iss,
+    };
+    let page = state
+        .store
+        .list_ects(&filter, q.cursor.as_deref(), limit)
+        .await?;
     Ok(axum::Json(EctPage {
         items: page.items.into_iter().map(EctView::from).collect(),
         next_cursor: page.next_cursor,

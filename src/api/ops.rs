@@ -28,7 +28,9 @@ pub struct Status {
 /// 200 while the process runs.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Status)))]
 async fn healthz() -> axum::Json<Status> {
-    axum::Json(Status { status: "ok".into() })
+    axum::Json(Status {
+        status: "ok".into(),
+    })
 }
 
 /// 200 only when the store answers and every migration of this build is applied.
@@ -38,10 +40,16 @@ async fn healthz() -> axum::Json<Status> {
 )]
 async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Status>, ApiError> {
     match state.store.ready().await {
-        Ok(()) => Ok(axum::Json(Status { status: "ready".into() })),
+        Ok(()) => Ok(axum::Json(Status {
+            status: "ready".into(),
+        })),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()))
+            Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                e.to_string(),
+            ))
         }
     }
 }
@@ -53,11 +61,20 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Status>, Api
 )]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if state.config.metrics.require_auth {
-        super::auth::authenticate(&headers, &state).await?.require(Role::Reader)?;
+        super::auth::authenticate(&headers, &state)
+            .await?
+            .require(Role::Reader)?;
     }
-    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
         body,
     )
         .into_response())

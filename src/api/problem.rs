@@ -41,7 +41,13 @@ pub struct Problem {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), extra: Map::new(), headers: Vec::new() }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extra: Map::new(),
+            headers: Vec::new(),
+        }
     }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
@@ -59,7 +65,11 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", detail)
     }
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", detail)
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            detail,
+        )
     }
     pub fn invalid_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
@@ -67,7 +77,11 @@ impl ApiError {
     /// A failure of ours or of the database: logged in full, answered without internals.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred; see the service log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; see the service log",
+        )
     }
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
@@ -96,7 +110,8 @@ impl ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        let status = StatusCode::from_u16(r.code.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+        let status =
+            StatusCode::from_u16(r.code.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
         Self::new(status, r.code.as_str(), r.detail)
     }
 }
@@ -104,7 +119,10 @@ impl From<Rejection> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::BadCursor => Self::bad_request("invalid_request", "the cursor is not one this service issued"),
+            crate::store::StoreError::BadCursor => Self::bad_request(
+                "invalid_request",
+                "the cursor is not one this service issued",
+            ),
             crate::store::StoreError::Database(ref db) if is_unavailable(db) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Self::unavailable("the database is not reachable; try again")
@@ -123,7 +141,10 @@ impl From<crate::ledger::LedgerError> for ApiError {
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -145,10 +166,14 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection as J;
         match r {
-            J::MissingJsonContentType(_) => Self::unsupported_media_type("expected Content-Type: application/json"),
+            J::MissingJsonContentType(_) => {
+                Self::unsupported_media_type("expected Content-Type: application/json")
+            }
             J::JsonDataError(e) => Self::invalid_request(e.body_text()),
             J::JsonSyntaxError(e) => Self::bad_request("malformed", e.body_text()),
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::too_large("the request body is too large"),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::too_large("the request body is too large")
+            }
             other => Self::bad_request("malformed", other.body_text()),
         }
     }
@@ -197,13 +222,24 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
     }
     let (code, detail) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such resource"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this method is not allowed on this resource"),
-        StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the request took too long or the service is busy; try again"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this method is not allowed on this resource",
+        ),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => (
+            "unavailable",
+            "the request took too long or the service is busy; try again",
+        ),
         StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "the request body is too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported Content-Type"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported Content-Type")
+        }
         StatusCode::UNAUTHORIZED => ("unauthenticated", "authentication required"),
         StatusCode::FORBIDDEN => ("forbidden", "not allowed"),
-        s if s.is_server_error() => ("internal", "an internal error occurred; see the service log"),
+        s if s.is_server_error() => (
+            "internal",
+            "an internal error occurred; see the service log",
+        ),
         _ => ("invalid_request", "the request was not understood"),
     };
     let mut problem = ApiError::new(status, code, detail);

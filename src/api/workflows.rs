@@ -93,7 +93,10 @@ async fn list_workflows(
 ) -> Result<axum::Json<WorkflowPage>, ApiError> {
     caller.require(Role::Reader)?;
     let limit = super::page_limit(q.limit)?;
-    let page = state.store.list_workflows(q.cursor.as_deref(), limit).await?;
+    let page = state
+        .store
+        .list_workflows(q.cursor.as_deref(), limit)
+        .await?;
     Ok(axum::Json(WorkflowPage {
         items: page.items.into_iter().map(WorkflowView::from).collect(),
         next_cursor: page.next_cursor,
@@ -124,7 +127,11 @@ async fn workflow_dag(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/vnd.graphviz"));
-    let format = q.format.unwrap_or(if wants_dot { DagFormat::Dot } else { DagFormat::Json });
+    let format = q.format.unwrap_or(if wants_dot {
+        DagFormat::Dot
+    } else {
+        DagFormat::Json
+    });
     let graph = load_graph(&state, &wid).await?;
     Ok(match format {
         DagFormat::Json => axum::Json(graph.to_json()).into_response(),
@@ -134,7 +141,11 @@ async fn workflow_dag(
 }
 
 fn text(body: String, content_type: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
 }
 
 async fn load_graph(state: &AppState, wid: &str) -> Result<WorkflowGraph, ApiError> {
@@ -172,5 +183,9 @@ async fn blast_radius(
     graph
         .blast_radius(&jti, q.max_depth, now)
         .map(axum::Json)
-        .ok_or_else(|| ApiError::internal(format!("ECT {jti} is stored but missing from its workflow graph")))
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "ECT {jti} is stored but missing from its workflow graph"
+            ))
+        })
 }

@@ -1,1 +1,92 @@
-//! Command-line interface.
+//! The `unwind` command line: the service (`serve`, `migrate`) and tools for agent authors
+//! (`keys generate`, `ect sign|verify|decode`). Exit codes: 0 success, 1 a refused token or a
+//! failed operation, 2 a usage or configuration error.
+
+pub mod ect;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use ect::{EctCommand, KeysCommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "unwind",
+    version,
+    about = "Rollback coordinator for multi-agent workflows",
+    long_about = "Unwind records Execution Context Tokens (ECTs) in an append-only ledger, answers \
+                  questions about their DAG and coordinates rollbacks.\n\n\
+                  Start it on the embedded default (SQLite in ./unwind-data):\n  unwind serve"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator.
+    ///
+    /// Example: unwind serve --config unwind.toml
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    ///
+    /// Example: unwind migrate --database-url postgres://unwind@db/unwind
+    Migrate(ServeArgs),
+    /// Signing keys for agents and tests.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sign, verify and decode ECTs.
+    #[command(subcommand)]
+    Ect(EctCommand),
+    /// Print the OpenAPI document of this build.
+    Openapi,
+}
+
+/// Where the configuration comes from: defaults < `--config` file < `UNWIND_*` < these flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "UNWIND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// sqlite://… or postgres://… .
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Data directory (embedded database, generated key and admin token).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            listen: self.listen.clone(),
+            database_url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+/// Why a command failed, and which exit code that means.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage or configuration: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The operation failed or a token was refused: exit code 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}

@@ -7,6 +7,9 @@ pub enum HeaderError {
     #[error("empty")]
     Empty,
 }
-pub fn split_execution_context<'a>(_values: impl Iterator<Item = &'a str>, _max_total_bytes: usize) -> Result<Vec<String>, HeaderError> {
+pub fn split_execution_context<'a>(
+    _values: impl Iterator<Item = &'a str>,
+    _max_total_bytes: usize,
+) -> Result<Vec<String>, HeaderError> {
     todo!()
 }

@@ -35,7 +35,11 @@ impl SigningKey {
     pub fn kid(&self) -> &str {
         todo!()
     }
-    pub fn sign_ect(&self, _claims: &serde_json::Map<String, serde_json::Value>, _profile: super::Profile) -> Result<String, KeyError> {
+    pub fn sign_ect(
+        &self,
+        _claims: &serde_json::Map<String, serde_json::Value>,
+        _profile: super::Profile,
+    ) -> Result<String, KeyError> {
         todo!()
     }
 }

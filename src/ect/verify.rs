@@ -23,10 +23,18 @@ impl Verifier {
     pub fn trust(&self) -> &std::sync::Arc<super::TrustStore> {
         todo!()
     }
-    pub async fn verify(&self, _token: &str, _now: i64) -> Result<super::VerifiedEct, super::Rejection> {
+    pub async fn verify(
+        &self,
+        _token: &str,
+        _now: i64,
+    ) -> Result<super::VerifiedEct, super::Rejection> {
         todo!()
     }
-    pub async fn verify_batch(&self, _tokens: &[String], _now: i64) -> Vec<Result<super::VerifiedEct, super::Rejection>> {
+    pub async fn verify_batch(
+        &self,
+        _tokens: &[String],
+        _now: i64,
+    ) -> Vec<Result<super::VerifiedEct, super::Rejection>> {
         todo!()
     }
     pub fn require_audience(_ect: &super::VerifiedEct, _aud: &str) -> Result<(), super::Rejection> {

@@ -175,4 +175,6 @@ pub trait Store: Send + Sync + 'static {
     /// Number of stored tokens.
     async fn count_ects(&self) -> Result<i64, StoreError>;
 }
-pub async fn connect(_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> { todo!() }
+pub async fn connect(_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    todo!()
+}

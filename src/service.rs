@@ -1,0 +1,274 @@
+//! Start-up of `unwind serve`: open and migrate the store, load or create the coordinator's
+//! signing key and the admin token, build the verifier and ledger, and serve until a signal.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::AsyncWriteExt;
+
+use crate::api::{AppState, Authenticator};
+use crate::config::{Config, Role};
+use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
+use crate::ledger::Ledger;
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("trust configuration: {0}")]
+    Trust(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything `serve` prepared, before it listens.
+pub struct Prepared {
+    pub state: AppState,
+    /// Lines worth showing the operator at start (where the key and token are).
+    pub notices: Vec<String>,
+}
+
+/// Opens the store (creating the data directory for the embedded default) and migrates it.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServiceError> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        ensure_dir(&config.data_dir).await?;
+    }
+    let store = store::connect(&url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Builds the application state from a validated configuration.
+pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
+    let mut notices = Vec::new();
+    let store = open_store(&config).await?;
+
+    let key_path = config.signing_key_path();
+    let (signing_key, created) = load_or_create_key(&key_path).await?;
+    notices.push(format!(
+        "coordinator signing key: {} (kid {}{})",
+        key_path.display(),
+        signing_key.kid(),
+        if created { ", created" } else { "" }
+    ));
+
+    let token_path = config.admin_token_path();
+    let (admin_token, created) = load_or_create_admin_token(&token_path).await?;
+    notices.push(format!(
+        "admin token: {}{}",
+        token_path.display(),
+        if created { " (created)" } else { "" }
+    ));
+
+    let mut trust =
+        TrustStore::from_config(&config.trust).map_err(|e| ServiceError::Trust(e.to_string()))?;
+    trust.add_static_issuer(&config.coordinator_id, signing_key.public_jwks());
+    let policy = VerifyPolicy::from_config(&config.ect).map_err(|message| {
+        ServiceError::Config(crate::config::ConfigError::Key {
+            key: "ect.algorithms".into(),
+            message,
+        })
+    })?;
+    let verifier = Arc::new(Verifier::new(Arc::new(trust), policy));
+    let ledger = Arc::new(Ledger::new(
+        store.clone(),
+        verifier,
+        config.ect.clock_skew_s,
+    ));
+
+    let mut auth = Authenticator::new(&config.auth.tokens);
+    auth.add_token("admin", Role::Admin, &admin_token);
+
+    let state = AppState {
+        config: Arc::new(config),
+        store,
+        ledger,
+        auth: Arc::new(auth),
+        signing_key: Arc::new(signing_key),
+        metrics: metrics_handle(),
+    };
+    Ok(Prepared { state, notices })
+}
+
+/// Prepares, listens and serves until `shutdown` completes; in-flight requests finish first.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let addr = config.listen;
+    let prepared = prepare(config).await?;
+    for notice in &prepared.notices {
+        println!("unwind: {notice}");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ServiceError::Serve)?;
+    println!("unwind: listening on http://{local}");
+    tracing::info!(%local, "listening");
+    let app = crate::api::router(prepared.state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServiceError::Serve)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// The process-wide Prometheus recorder (installed once; later calls share it).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            match PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .and_then(|b| b.install_recorder())
+            {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+async fn ensure_dir(dir: &Path) -> Result<(), ServiceError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| ServiceError::File {
+            path: dir.to_path_buf(),
+            message: format!("cannot create directory: {e}"),
+        })
+}
+
+/// Writes a new file readable by its owner only; fails if it exists (so two processes starting
+/// together cannot both create one).
+pub async fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).await?;
+    file.write_all(contents).await?;
+    file.sync_all().await
+}
+
+/// Loads the private JWK at `path`, or generates an ES256 key there. `true` when created.
+pub async fn load_or_create_key(path: &Path) -> Result<(SigningKey, bool), ServiceError> {
+    let file_error = |message: String| ServiceError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => {
+            let key =
+                SigningKey::from_private_jwk_json(&text).map_err(|e| file_error(e.to_string()))?;
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(KeyAlg::ES256).map_err(|e| file_error(e.to_string()))?;
+            match write_private_file(path, key.to_private_jwk_json().as_bytes()).await {
+                Ok(()) => Ok((key, true)),
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Box::pin(load_or_create_key(path)).await
+                }
+                Err(e) => Err(file_error(format!("cannot write: {e}"))),
+            }
+        }
+        Err(e) => Err(file_error(format!("cannot read: {e}"))),
+    }
+}
+
+/// Loads the admin token at `path`, or generates one there. `true` when created.
+pub async fn load_or_create_admin_token(path: &Path) -> Result<(String, bool), ServiceError> {
+    let file_error = |message: String| ServiceError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                return Err(file_error(
+                    "the admin token file holds no usable token (16+ characters)".into(),
+                ));
+            }
+            Ok((token, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = new_token().map_err(|e| file_error(e.to_string()))?;
+            match write_private_file(path, format!("{token}\n").as_bytes()).await {
+                Ok(()) => Ok((token, true)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Box::pin(load_or_create_admin_token(path)).await
+                }
+                Err(e) => Err(file_error(format!("cannot write: {e}"))),
+            }
+        }
+        Err(e) => Err(file_error(format!("cannot read: {e}"))),
+    }
+}
+
+/// A fresh bearer token: 32 random bytes, base64url.
+pub fn new_token() -> Result<String, aws_lc_rs::error::Unspecified> {
+    use aws_lc_rs::rand::SecureRandom;
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes)?;
+    Ok(format!(
+        "unw_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
