@@ -540,3 +540,192 @@ fn figment_error(file: Option<&Path>, e: figment::Error) -> ConfigError {
         ConfigError::Key { key, message }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("unwind.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_ones() {
+        let c = Config::load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite://unwind-data/unwind.db");
+        assert_eq!(
+            c.signing_key_path(),
+            PathBuf::from("unwind-data/coordinator.jwk")
+        );
+        assert_eq!(
+            c.admin_token_path(),
+            PathBuf::from("unwind-data/admin.token")
+        );
+        assert_eq!(c.ect.algorithms, vec!["ES256".to_string()]);
+        assert_eq!(c.ect.clock_skew_s, 60);
+        assert_eq!(c.rollback.lease_s, 30);
+        assert_eq!(c.circuit.max_cooldown_s, 300);
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jwks.json"), r#"{"keys":[]}"#).unwrap();
+        let file = write(
+            dir.path(),
+            r#"
+listen = "127.0.0.1:9000"
+database_url = "sqlite://from-file.db"
+coordinator_id = "spiffe://file/coordinator"
+[ect]
+clock_skew_s = 10
+profile = "draft-01"
+[[trust.issuers]]
+id = "spiffe://example.com/agent/*"
+jwks_file = "a.jwks.json"
+rollback_hosts = ["127.0.0.1"]
+allow_http = true
+"#,
+        );
+        let env = vec![
+            (
+                "UNWIND_DATABASE_URL".to_string(),
+                "sqlite://from-env.db".to_string(),
+            ),
+            ("UNWIND_ECT__CLOCK_SKEW_S".to_string(), "30".to_string()),
+            ("UNWIND_URL".to_string(), "http://client-only".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9100".into()),
+            ..Default::default()
+        };
+        let c = Config::load_from(Some(&file), &env, &flags).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9100", "flags win");
+        assert_eq!(
+            c.database_url(),
+            "sqlite://from-env.db",
+            "environment beats the file"
+        );
+        assert_eq!(c.ect.clock_skew_s, 30, "nested environment keys");
+        assert_eq!(c.ect.profile, Profile::Draft01, "file beats defaults");
+        assert_eq!(c.coordinator_id, "spiffe://file/coordinator");
+        assert_eq!(
+            c.trust.issuers[0].jwks_file.as_deref(),
+            Some(dir.path().join("a.jwks.json").as_path()),
+            "relative to the file"
+        );
+    }
+
+    fn error_of(toml: &str, env: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), toml);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(Some(&file), &env, &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn invalid_configuration_names_the_key() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("listen = \"not an address\"", &[], "listen"),
+            ("[ect]\nalgorithms = [\"HS256\"]", &[], "ect.algorithms"),
+            ("[ect]\nalgorithms = [\"none\"]", &[], "ect.algorithms"),
+            ("[ect]\nclock_skew_s = \"soon\"", &[], "ect.clock_skew_s"),
+            ("database_url = \"mysql://x\"", &[], "database_url"),
+            ("[rollback]\nlease_s = -1", &[], "rollback.lease_s"),
+            (
+                "[[trust.issuers]]\nid = \"spiffe://x/*\"",
+                &[],
+                "trust.issuers[0].jwks_file",
+            ),
+            (
+                "[[trust.issuers]]\nid = \"spiffe://x/*\"\njwks_file = \"missing.json\"",
+                &[],
+                "trust.issuers[0].jwks_file",
+            ),
+            (
+                "[[trust.issuers]]\nid = \"spiffe://*/x\"\njwks_url = \"https://k\"",
+                &[],
+                "trust.issuers[0].id",
+            ),
+            (
+                "[[auth.tokens]]\nname = \"ops\"\nrole = \"operator\"\nsha256 = \"abc\"",
+                &[],
+                "auth.tokens[0].sha256",
+            ),
+            (
+                "[[auth.tokens]]\nname = \"ops\"\nrole = \"root\"\nsha256 = \"abc\"",
+                &[],
+                "role",
+            ),
+            ("colour = \"blue\"", &[], "colour"),
+            (
+                "",
+                &[("UNWIND_ECT__CLOCK_SKEW_S", "abc")],
+                "ect.clock_skew_s",
+            ),
+            (
+                "[circuit]\nerror_threshold = 2.0",
+                &[],
+                "circuit.error_threshold",
+            ),
+        ];
+        for (toml, env, key) in cases {
+            let message = error_of(toml, env);
+            assert!(
+                message.contains(key),
+                "{toml:?}: {message:?} does not name {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Config::load_from(
+            Some(Path::new("/nonexistent/unwind.toml")),
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no such file"), "{err}");
+    }
+
+    /// docs/operations.md documents every configuration key.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../docs/operations.md");
+        let value = serde_json::to_value(Config::default()).unwrap();
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            if let serde_json::Value::Object(map) = v {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    if v.is_object() {
+                        walk(&key, v, out);
+                    } else {
+                        out.push(key);
+                    }
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &value, &mut keys);
+        for key in keys {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/operations.md does not document `{key}`"
+            );
+        }
+    }
+}

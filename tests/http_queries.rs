@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 /// plus an irreversible checkpoint and an expired one under B.
 async fn seed_figure(s: &TestServer, wid: &str) {
     let mut irreversible = claims("b", "B-irr", wid, "checkpoint", &["B"]);
-    irreversible.insert("ext".into(), json!({"cascade.reversible": false, "cascade.description": "email sent"}));
+    irreversible.insert(
+        "ext".into(),
+        json!({"cascade.reversible": false, "cascade.description": "email sent"}),
+    );
     let mut expired = checkpoint_claims("c", "B-old", wid, &["B"]);
     expired.insert("ext".into(), json!({"cascade.reversible": true, "cascade.rollback_uri": "http://127.0.0.1:9/rb", "cascade.ttl": 1}));
     let tokens = vec![
@@ -33,26 +36,51 @@ async fn blast_radius_follows_the_dag_forward() {
         assert_eq!(status, 200, "{}: {br}", s.name);
         assert_eq!(br["root"], "A");
         assert_eq!(br["wid"], "wf-fig");
-        let mut nodes: Vec<&str> = br["nodes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut nodes: Vec<&str> = br["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert_eq!(nodes[0], "A", "the root comes first");
         nodes.sort();
         assert_eq!(nodes, ["A", "A1", "B", "B-irr", "B-old", "B1", "B2"]);
-        assert_eq!(br["agents"], json!([format!("{AGENT_PREFIX}a"), format!("{AGENT_PREFIX}b"), format!("{AGENT_PREFIX}c")]));
+        assert_eq!(
+            br["agents"],
+            json!([
+                format!("{AGENT_PREFIX}a"),
+                format!("{AGENT_PREFIX}b"),
+                format!("{AGENT_PREFIX}c")
+            ])
+        );
         assert_eq!(br["depth"], 3);
         assert_eq!(br["irreversible"], json!(["B-irr"]));
         let checkpoints = br["checkpoints"].as_array().unwrap();
-        let find = |jti: &str| checkpoints.iter().find(|c| c["jti"] == jti).unwrap_or_else(|| panic!("{jti} missing: {br}"));
+        let find = |jti: &str| {
+            checkpoints
+                .iter()
+                .find(|c| c["jti"] == jti)
+                .unwrap_or_else(|| panic!("{jti} missing: {br}"))
+        };
         assert_eq!(checkpoints.len(), 4);
         assert_eq!(find("A")["reversible"], true);
         assert_eq!(find("A")["agent"], format!("{AGENT_PREFIX}a"));
-        assert_eq!(find("A")["rollback_uri"], "http://127.0.0.1:9/.well-known/cascade/rollback");
+        assert_eq!(
+            find("A")["rollback_uri"],
+            "http://127.0.0.1:9/.well-known/cascade/rollback"
+        );
         assert_eq!(find("A")["expired"], false);
         assert!(find("A")["expires_at"].as_str().unwrap().ends_with('Z'));
         assert_eq!(find("B-old")["expired"], true, "iat + 1 s is long past");
         assert_eq!(find("B-irr")["reversible"], false);
 
         let (_, br) = s.get_json("/v1/ects/B/blast-radius").await;
-        let mut nodes: Vec<&str> = br["nodes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut nodes: Vec<&str> = br["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         nodes.sort();
         assert_eq!(nodes, ["B", "B-irr", "B-old", "B1", "B2"], "{}", s.name);
         assert_eq!(br["depth"], 1);
@@ -64,7 +92,10 @@ async fn blast_radius_follows_the_dag_forward() {
         let (status, body) = s.get_json("/v1/ects/nope/blast-radius").await;
         assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
         let (status, body) = s.get_json("/v1/ects/A/blast-radius?max_depth=-1").await;
-        assert_eq!((status, body["code"].as_str()), (422, Some("invalid_request")));
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("invalid_request"))
+        );
     }
 }
 
@@ -76,7 +107,12 @@ async fn workflow_dag_in_json_dot_and_mermaid() {
         assert_eq!(status, 200, "{}", s.name);
         assert_eq!(dag["wid"], "wf-dag");
         assert_eq!(dag["nodes"].as_array().unwrap().len(), 7);
-        let node = dag["nodes"].as_array().unwrap().iter().find(|n| n["jti"] == "A1").unwrap();
+        let node = dag["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["jti"] == "A1")
+            .unwrap();
         assert_eq!(node["exec_act"], "reconfigure");
         assert_eq!(node["iss"], format!("{AGENT_PREFIX}a"));
         assert!(node["iat"].is_i64());
@@ -84,14 +120,38 @@ async fn workflow_dag_in_json_dot_and_mermaid() {
         assert_eq!(edges.len(), 6);
         assert!(edges.contains(&json!({"from": "A1", "to": "B"})));
 
-        let r = s.client.get(s.url("/v1/workflows/wf-dag/dag?format=dot")).bearer_auth(READER_TOKEN).send().await.unwrap();
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/vnd.graphviz"));
+        let r = s
+            .client
+            .get(s.url("/v1/workflows/wf-dag/dag?format=dot"))
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/vnd.graphviz")
+        );
         let dot = r.text().await.unwrap();
         assert!(dot.starts_with("digraph"), "{dot}");
         assert!(dot.contains("\"A1\" -> \"B\""), "{dot}");
-        let r = s.client.get(s.url("/v1/workflows/wf-dag/dag")).header("accept", "text/vnd.graphviz").bearer_auth(READER_TOKEN).send().await.unwrap();
+        let r = s
+            .client
+            .get(s.url("/v1/workflows/wf-dag/dag"))
+            .header("accept", "text/vnd.graphviz")
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert!(r.text().await.unwrap().starts_with("digraph"));
-        let r = s.client.get(s.url("/v1/workflows/wf-dag/dag?format=mermaid")).bearer_auth(READER_TOKEN).send().await.unwrap();
+        let r = s
+            .client
+            .get(s.url("/v1/workflows/wf-dag/dag?format=mermaid"))
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
         let mermaid = r.text().await.unwrap();
         assert!(mermaid.starts_with("flowchart"), "{mermaid}");
         assert_eq!(mermaid.matches("-->").count(), 6, "{mermaid}");
@@ -99,7 +159,10 @@ async fn workflow_dag_in_json_dot_and_mermaid() {
         let (status, body) = s.get_json("/v1/workflows/nope/dag").await;
         assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
         let (status, body) = s.get_json("/v1/workflows/wf-dag/dag?format=svg").await;
-        assert_eq!((status, body["code"].as_str()), (422, Some("invalid_request")));
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("invalid_request"))
+        );
     }
 }
 
@@ -109,13 +172,28 @@ async fn lists_page_oldest_first() {
         let mut tokens = Vec::new();
         for w in 0..3 {
             for i in 0..4 {
-                let parents: Vec<String> = if i == 0 { vec![] } else { vec![format!("w{w}-{}", i - 1)] };
+                let parents: Vec<String> = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("w{w}-{}", i - 1)]
+                };
                 let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
                 let act = if i == 3 { "checkpoint" } else { "act" };
                 let c = if act == "checkpoint" {
-                    checkpoint_claims(&format!("ag{i}"), &format!("w{w}-{i}"), &format!("wf-{w}"), &parents)
+                    checkpoint_claims(
+                        &format!("ag{i}"),
+                        &format!("w{w}-{i}"),
+                        &format!("wf-{w}"),
+                        &parents,
+                    )
                 } else {
-                    claims(&format!("ag{i}"), &format!("w{w}-{i}"), &format!("wf-{w}"), act, &parents)
+                    claims(
+                        &format!("ag{i}"),
+                        &format!("w{w}-{i}"),
+                        &format!("wf-{w}"),
+                        act,
+                        &parents,
+                    )
                 };
                 tokens.push(s.sign(&c));
             }
@@ -141,7 +219,9 @@ async fn lists_page_oldest_first() {
                 None => break,
             }
         }
-        let expected: Vec<String> = (0..3).flat_map(|w| (0..4).map(move |i| format!("w{w}-{i}"))).collect();
+        let expected: Vec<String> = (0..3)
+            .flat_map(|w| (0..4).map(move |i| format!("w{w}-{i}")))
+            .collect();
         assert_eq!(seen, expected, "{}", s.name);
 
         let (_, page) = s.get_json("/v1/ects?wid=wf-1&exec_act=checkpoint").await;
@@ -156,13 +236,25 @@ async fn lists_page_oldest_first() {
         assert_eq!(wfs["items"][0]["nodes"], 4);
         assert_eq!(wfs["items"][0]["agents"], 4);
         assert_eq!(wfs["items"][0]["checkpoints"], 1);
-        assert!(wfs["items"][0]["first_seen"].as_str().unwrap().ends_with('Z'));
+        assert!(
+            wfs["items"][0]["first_seen"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
         let next = wfs["next_cursor"].as_str().unwrap().to_string();
-        let (_, wfs) = s.get_json(&format!("/v1/workflows?limit=2&cursor={next}")).await;
+        let (_, wfs) = s
+            .get_json(&format!("/v1/workflows?limit=2&cursor={next}"))
+            .await;
         assert_eq!(wfs["items"][0]["wid"], "wf-2");
         assert!(wfs["next_cursor"].is_null());
 
-        for bad in ["/v1/ects?limit=0", "/v1/ects?limit=1001", "/v1/ects?cursor=%%%", "/v1/ects?bogus=1"] {
+        for bad in [
+            "/v1/ects?limit=0",
+            "/v1/ects?limit=1001",
+            "/v1/ects?cursor=%%%",
+            "/v1/ects?bogus=1",
+        ] {
             let (status, body) = s.get_json(bad).await;
             assert!(status == 422 || status == 400, "{bad}: {status} {body}");
             assert!(body["code"].is_string(), "{bad}: {body}");
@@ -176,14 +268,33 @@ async fn operations_endpoints() {
         let (status, body) = s.get_json("/healthz").await;
         assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
         let (status, body) = s.get_json("/readyz").await;
-        assert_eq!((status, body["status"].as_str()), (200, Some("ready")), "{}", s.name);
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("ready")),
+            "{}",
+            s.name
+        );
 
         // Metrics count ingest results by code.
         let token = s.sign(&claims("a", "m-1", "wf-m", "act", &["nope"]));
         assert_eq!(s.post_token(&token).await.status(), 422);
-        let metrics = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        assert!(metrics.contains("unwind_ect_ingest_total{result=\"unknown_parent\"}"), "{metrics}");
-        assert!(metrics.contains("unwind_http_request_duration_seconds_bucket"), "{metrics}");
+        let metrics = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("unwind_ect_ingest_total{result=\"unknown_parent\"}"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("unwind_http_request_duration_seconds_bucket"),
+            "{metrics}"
+        );
 
         // The coordinator's keys.
         let (_, jwks) = s.get_json("/.well-known/jwks.json").await;
@@ -197,9 +308,20 @@ async fn operations_endpoints() {
         assert!(r.text().await.unwrap().contains("<html"));
 
         // Unknown routes and methods are problems too.
-        let r = s.client.get(s.url("/v1/nothing-here")).send().await.unwrap();
+        let r = s
+            .client
+            .get(s.url("/v1/nothing-here"))
+            .send()
+            .await
+            .unwrap();
         assert_problem(r, 404, "not_found", "unknown route").await;
-        let r = s.client.delete(s.url("/v1/ects")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+        let r = s
+            .client
+            .delete(s.url("/v1/ects"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_problem(r, 405, "method_not_allowed", "wrong method").await;
     }
 }
@@ -210,10 +332,26 @@ async fn served_openapi_matches_the_checked_in_document() {
     let (status, served) = s.get_json("/openapi.json").await;
     assert_eq!(status, 200);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/unwind.json");
-    let text = std::fs::read_to_string(path).expect("openapi/unwind.json: regenerate with `cargo run -- openapi > openapi/unwind.json`");
+    let text = std::fs::read_to_string(path).expect(
+        "openapi/unwind.json: regenerate with `cargo run -- openapi > openapi/unwind.json`",
+    );
     let file: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(served, file, "openapi/unwind.json is stale: run `cargo run -- openapi > openapi/unwind.json`");
-    for path in ["/v1/ects", "/v1/ects/{jti}", "/v1/workflows", "/v1/workflows/{wid}/dag", "/v1/ects/{jti}/blast-radius", "/healthz", "/readyz"] {
-        assert!(served["paths"].get(path).is_some(), "{path} missing from the document");
+    assert_eq!(
+        served, file,
+        "openapi/unwind.json is stale: run `cargo run -- openapi > openapi/unwind.json`"
+    );
+    for path in [
+        "/v1/ects",
+        "/v1/ects/{jti}",
+        "/v1/workflows",
+        "/v1/workflows/{wid}/dag",
+        "/v1/ects/{jti}/blast-radius",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            served["paths"].get(path).is_some(),
+            "{path} missing from the document"
+        );
     }
 }

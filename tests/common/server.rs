@@ -63,9 +63,17 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
     let agent_key = SigningKey::generate(KeyAlg::ES256).unwrap();
     let other_key = SigningKey::generate(KeyAlg::ES256).unwrap();
     let agents_jwks = dir.join("agents.jwks.json");
-    std::fs::write(&agents_jwks, serde_json::to_string(&agent_key.public_jwks()).unwrap()).unwrap();
+    std::fs::write(
+        &agents_jwks,
+        serde_json::to_string(&agent_key.public_jwks()).unwrap(),
+    )
+    .unwrap();
     let other_jwks = dir.join("other.jwks.json");
-    std::fs::write(&other_jwks, serde_json::to_string(&other_key.public_jwks()).unwrap()).unwrap();
+    std::fs::write(
+        &other_jwks,
+        serde_json::to_string(&other_key.public_jwks()).unwrap(),
+    )
+    .unwrap();
 
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -77,7 +85,11 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
         TrustIssuerConfig {
             id: format!("{AGENT_PREFIX}*"),
             jwks_file: Some(agents_jwks),
-            rollback_hosts: vec!["127.0.0.1".into(), "localhost".into(), "agent.example".into()],
+            rollback_hosts: vec![
+                "127.0.0.1".into(),
+                "localhost".into(),
+                "agent.example".into(),
+            ],
             allow_http: true,
             ..Default::default()
         },
@@ -90,8 +102,16 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
         },
     ];
     config.auth.tokens = vec![
-        AuthTokenConfig { name: "viewer".into(), role: Role::Reader, sha256: unwind::ect::sha256_hex(READER_TOKEN.as_bytes()) },
-        AuthTokenConfig { name: "ops".into(), role: Role::Operator, sha256: unwind::ect::sha256_hex(OPERATOR_TOKEN.as_bytes()) },
+        AuthTokenConfig {
+            name: "viewer".into(),
+            role: Role::Reader,
+            sha256: unwind::ect::sha256_hex(READER_TOKEN.as_bytes()),
+        },
+        AuthTokenConfig {
+            name: "ops".into(),
+            role: Role::Operator,
+            sha256: unwind::ect::sha256_hex(OPERATOR_TOKEN.as_bytes()),
+        },
     ];
     adjust(&mut config);
     config.validate().unwrap();
@@ -106,7 +126,10 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let admin_token = std::fs::read_to_string(admin_path).unwrap().trim().to_string();
+    let admin_token = std::fs::read_to_string(admin_path)
+        .unwrap()
+        .trim()
+        .to_string();
     TestServer {
         name: test_store.name,
         base,
@@ -128,7 +151,13 @@ pub fn now() -> i64 {
 }
 
 /// Claims of a valid -00 token from `agent/<agent>` in workflow `wid`, with `par` = `parents`.
-pub fn claims(agent: &str, jti: &str, wid: &str, exec_act: &str, parents: &[&str]) -> Map<String, Value> {
+pub fn claims(
+    agent: &str,
+    jti: &str,
+    wid: &str,
+    exec_act: &str,
+    parents: &[&str],
+) -> Map<String, Value> {
     let now = now();
     let v = json!({
         "iss": format!("{AGENT_PREFIX}{agent}"),
@@ -147,7 +176,12 @@ pub fn claims(agent: &str, jti: &str, wid: &str, exec_act: &str, parents: &[&str
 }
 
 /// Claims of a reversible checkpoint whose rollback endpoint is on an allowed host.
-pub fn checkpoint_claims(agent: &str, jti: &str, wid: &str, parents: &[&str]) -> Map<String, Value> {
+pub fn checkpoint_claims(
+    agent: &str,
+    jti: &str,
+    wid: &str,
+    parents: &[&str],
+) -> Map<String, Value> {
     let mut c = claims(agent, jti, wid, "checkpoint", parents);
     c.insert(
         "ext".into(),
@@ -195,7 +229,13 @@ impl TestServer {
 
     /// GET with the reader token, returning status and JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let r = self.client.get(self.url(path)).bearer_auth(READER_TOKEN).send().await.unwrap();
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let body = r.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)
@@ -217,7 +257,12 @@ impl TestServer {
 }
 
 /// Asserts a problem+json answer with this status and code; returns the body.
-pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str, context: &str) -> Value {
+pub async fn assert_problem(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+    context: &str,
+) -> Value {
     assert_eq!(response.status().as_u16(), status, "{context}: status");
     let content_type = response
         .headers()
@@ -225,7 +270,10 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    assert!(content_type.starts_with("application/problem+json"), "{context}: content-type {content_type}");
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "{context}: content-type {content_type}"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], code, "{context}: {body}");
     assert_eq!(body["status"], status, "{context}: {body}");

@@ -23,7 +23,12 @@ fn encoding_key(key: &SigningKey) -> EncodingKey {
     let mut public = vec![4u8];
     public.extend(part("x"));
     public.extend(part("y"));
-    let pair = EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P256_SHA256_FIXED_SIGNING, &part("d"), &public).unwrap();
+    let pair = EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &part("d"),
+        &public,
+    )
+    .unwrap();
     let pkcs8 = pair.to_pkcs8v1().unwrap();
     EncodingKey::from_ec_der(pkcs8.as_ref())
 }
@@ -31,7 +36,8 @@ fn encoding_key(key: &SigningKey) -> EncodingKey {
 /// A compact JWS with exactly this header and these claims, signed ES256 with `key`.
 pub fn sign_raw(key: &SigningKey, header: &Value, claims: &Value) -> String {
     let input = format!("{}.{}", b64_json(header), b64_json(claims));
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &encoding_key(key), Algorithm::ES256).unwrap();
+    let sig =
+        jsonwebtoken::crypto::sign(input.as_bytes(), &encoding_key(key), Algorithm::ES256).unwrap();
     format!("{input}.{sig}")
 }
 

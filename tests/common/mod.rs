@@ -1,0 +1,3 @@
+//! Placeholder until the store test support lands.
+pub mod server;
+pub mod tokens;
