@@ -149,7 +149,6 @@ fn sigterm_lets_an_in_flight_request_finish() {
     sigterm(&child);
     std::thread::sleep(Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "exited with a request in flight");
-    // New connections are no longer accepted.
     s.write_all(&body[5..]).unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
