@@ -300,6 +300,16 @@ impl SigningKey {
         Ok(out)
     }
 
+    /// Signs arbitrary header and payload bytes (tests forge tokens with unusual headers or
+    /// JSON that `sign` would never produce).
+    #[cfg(test)]
+    pub(crate) fn sign_raw(&self, header: &[u8], payload: &[u8]) -> String {
+        let input = format!("{}.{}", b64(header), b64(payload));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.inner.encoding, self.alg())
+            .expect("test signing");
+        format!("{input}.{sig}")
+    }
+
     /// Signs an ECT with the `typ` of `profile`. The claim names are the caller's; see
     /// [`Profile::parents_claim`] and [`Profile::ext_claim`].
     pub fn sign_ect(
