@@ -546,3 +546,390 @@ fn load_jwks_file(issuer: &str, path: &Path) -> Result<KeyMap, TrustError> {
     let set: JwkSet = serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS: {e}")))?;
     key_map(&set, true).map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrustIssuerConfig;
+    use crate::ect::keys::{KeyAlg, SigningKey};
+    use crate::ect::testutil::jwks_file;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn issuer(id: &str, path: &Path) -> TrustIssuerConfig {
+        TrustIssuerConfig {
+            id: id.into(),
+            jwks_file: Some(path.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::generate(KeyAlg::ES256).unwrap()
+    }
+
+    #[tokio::test]
+    async fn exact_then_longest_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (key(), key(), key());
+        let cfg = TrustConfig {
+            issuers: vec![
+                issuer("spiffe://x/agent/*", &jwks_file(&dir, "a", &[&a])),
+                issuer("spiffe://x/agent/special/*", &jwks_file(&dir, "b", &[&b])),
+                issuer("spiffe://x/agent/special/one", &jwks_file(&dir, "c", &[&c])),
+            ],
+            ..Default::default()
+        };
+        let store = TrustStore::from_config(&cfg).unwrap();
+        let code = |r: Result<ResolvedKey, Rejection>| r.map(|_| ()).map_err(|e| e.code);
+        assert_eq!(
+            code(store.decoding_key("spiffe://x/agent/foo", a.kid()).await),
+            Ok(())
+        );
+        assert_eq!(
+            code(store.decoding_key("spiffe://x/agent/foo", b.kid()).await),
+            Err(RejectCode::UnknownKey)
+        );
+        assert_eq!(
+            code(
+                store
+                    .decoding_key("spiffe://x/agent/special/two", b.kid())
+                    .await
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            code(
+                store
+                    .decoding_key("spiffe://x/agent/special/two", a.kid())
+                    .await
+            ),
+            Err(RejectCode::UnknownKey)
+        );
+        assert_eq!(
+            code(
+                store
+                    .decoding_key("spiffe://x/agent/special/one", c.kid())
+                    .await
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            code(
+                store
+                    .decoding_key("spiffe://x/agent/special/one", b.kid())
+                    .await
+            ),
+            Err(RejectCode::UnknownKey)
+        );
+        for iss in [
+            "spiffe://x/agent",
+            "spiffe://x/agent/",
+            "spiffe://x/agentX",
+            "spiffe://y/agent/a",
+        ] {
+            assert_eq!(
+                code(store.decoding_key(iss, a.kid()).await),
+                Err(RejectCode::UnknownIssuer),
+                "{iss}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn static_issuer() {
+        let mut store = TrustStore::from_config(&TrustConfig::default()).unwrap();
+        let k = key();
+        store.add_static_issuer("spiffe://unwind.local/coordinator", k.public_jwks());
+        let found = store
+            .decoding_key("spiffe://unwind.local/coordinator", k.kid())
+            .await
+            .unwrap();
+        assert_eq!(found.alg, Some(Algorithm::ES256));
+        assert!(found.accepts(Algorithm::ES256) && !found.accepts(Algorithm::ES384));
+        assert_eq!(
+            store
+                .decoding_key("spiffe://unwind.local/coordinator/x", k.kid())
+                .await
+                .unwrap_err()
+                .code,
+            RejectCode::UnknownIssuer
+        );
+    }
+
+    #[test]
+    fn bad_files_name_issuer_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").unwrap();
+        let missing = dir.path().join("missing.json");
+        let oct = dir.path().join("oct.json");
+        std::fs::write(&oct, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#).unwrap();
+        for path in [bad, missing, oct] {
+            let cfg = TrustConfig {
+                issuers: vec![issuer("spiffe://x/a", &path)],
+                ..Default::default()
+            };
+            let msg = TrustStore::from_config(&cfg).unwrap_err().to_string();
+            assert!(
+                msg.contains("spiffe://x/a") && msg.contains(&path.display().to_string()),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn rollback_uri_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = jwks_file(&dir, "a", &[&key()]);
+        let cfg = TrustConfig {
+            issuers: vec![
+                TrustIssuerConfig {
+                    rollback_hosts: vec![
+                        "Rollback.Example.com".into(),
+                        "10.0.0.5".into(),
+                        "[::1]".into(),
+                    ],
+                    ..issuer("spiffe://x/agent/*", &path)
+                },
+                TrustIssuerConfig {
+                    rollback_hosts: vec!["localhost".into(), "::1".into()],
+                    allow_http: true,
+                    ..issuer("spiffe://x/dev", &path)
+                },
+            ],
+            ..Default::default()
+        };
+        let store = TrustStore::from_config(&cfg).unwrap();
+        let prod = "spiffe://x/agent/a";
+        for uri in [
+            "https://rollback.example.com/r",
+            "https://ROLLBACK.example.com:8443/r?x=1",
+            "https://10.0.0.5/r",
+            "https://[::1]/r",
+        ] {
+            assert!(store.rollback_uri_allowed(prod, uri).is_ok(), "{uri}");
+        }
+        for uri in [
+            "http://rollback.example.com/r",
+            "http://169.254.169.254/latest/meta-data",
+            "https://169.254.169.254/x",
+            "https://evil.example/r",
+            "https://rollback.example.com.evil.example/r",
+            "https://user@rollback.example.com/r",
+            "https://u:p@rollback.example.com/r",
+            "ftp://rollback.example.com/r",
+            "file:///etc/passwd",
+            "not a url",
+            "/relative",
+        ] {
+            let e = store.rollback_uri_allowed(prod, uri).unwrap_err();
+            assert_eq!(e.code, RejectCode::RollbackUriNotAllowed, "{uri}");
+        }
+        let dev = "spiffe://x/dev";
+        assert!(
+            store
+                .rollback_uri_allowed(dev, "http://localhost:8080/r")
+                .is_ok()
+        );
+        assert!(
+            store
+                .rollback_uri_allowed(dev, "http://[::1]:8080/r")
+                .is_ok()
+        );
+        assert!(
+            store
+                .rollback_uri_allowed(dev, "http://127.0.0.1/r")
+                .is_err()
+        );
+        assert!(
+            store
+                .rollback_uri_allowed("spiffe://unknown", "https://rollback.example.com/r")
+                .is_err()
+        );
+    }
+
+    /// A JWKS server on 127.0.0.1: `/jwks` serves the current set, `/redirect` redirects to it,
+    /// `/fail` answers 500. Counts requests to `/jwks`.
+    struct JwksServer {
+        base: String,
+        set: Arc<std::sync::Mutex<JwkSet>>,
+        hits: Arc<AtomicUsize>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    async fn jwks_server(initial: JwkSet) -> JwksServer {
+        use axum::http::StatusCode;
+        use axum::response::{IntoResponse, Redirect};
+        let set = Arc::new(std::sync::Mutex::new(initial));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, h, f) = (set.clone(), hits.clone(), failing.clone());
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (s, h, f) = (s.clone(), h.clone(), f.clone());
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        if f.load(Ordering::SeqCst) {
+                            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                        }
+                        let body = serde_json::to_string(&*s.lock().unwrap()).unwrap();
+                        ([("content-type", "application/json")], body).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/redirect",
+                axum::routing::get(|| async { Redirect::temporary("/jwks") }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        JwksServer {
+            base: format!("http://{addr}"),
+            set,
+            hits,
+            failing,
+        }
+    }
+
+    fn url_store(url: &str) -> TrustStore {
+        let cfg = TrustConfig {
+            issuers: vec![TrustIssuerConfig {
+                id: "spiffe://x/agent/*".into(),
+                jwks_url: Some(url.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        TrustStore::from_config(&cfg).unwrap()
+    }
+
+    const ISS: &str = "spiffe://x/agent/a";
+
+    #[tokio::test]
+    async fn jwks_url_rotation_and_rate_limit() {
+        let (a, b) = (key(), key());
+        let server = jwks_server(a.public_jwks()).await;
+        let url = format!("{}/jwks", server.base);
+        let mut store = url_store(&url);
+        store.set_jwks_timing(Duration::from_secs(300), Duration::from_millis(300));
+
+        assert!(store.decoding_key(ISS, a.kid()).await.is_ok());
+        assert!(store.decoding_key(ISS, a.kid()).await.is_ok());
+        assert_eq!(
+            server.hits.load(Ordering::SeqCst),
+            1,
+            "cached after the first fetch"
+        );
+
+        // Rotation: b appears on the server. Inside the interval an unknown kid is not
+        // refetched...
+        server.set.lock().unwrap().keys.push(b.public_jwk());
+        assert_eq!(
+            store.decoding_key(ISS, b.kid()).await.unwrap_err().code,
+            RejectCode::UnknownKey
+        );
+        assert_eq!(
+            store.decoding_key(ISS, "nope").await.unwrap_err().code,
+            RejectCode::UnknownKey
+        );
+        assert_eq!(
+            server.hits.load(Ordering::SeqCst),
+            1,
+            "refresh is rate limited"
+        );
+        // ...after it, one refetch finds it.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(store.decoding_key(ISS, b.kid()).await.is_ok());
+        assert!(store.decoding_key(ISS, b.kid()).await.is_ok());
+        assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+        assert_eq!(store.jwks_fetch_count(&url), 2);
+        // A second unknown kid right after that refresh is not refetched.
+        assert_eq!(
+            store.decoding_key(ISS, "other").await.unwrap_err().code,
+            RejectCode::UnknownKey
+        );
+        assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn jwks_url_default_interval_limits_refresh() {
+        let a = key();
+        let server = jwks_server(a.public_jwks()).await;
+        let store = url_store(&format!("{}/jwks", server.base));
+        assert!(store.decoding_key(ISS, a.kid()).await.is_ok());
+        for i in 0..5 {
+            let kid = format!("unknown-{i}");
+            assert_eq!(
+                store.decoding_key(ISS, &kid).await.unwrap_err().code,
+                RejectCode::UnknownKey
+            );
+        }
+        assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn jwks_url_concurrent_lookups_fetch_once() {
+        let a = key();
+        let server = jwks_server(a.public_jwks()).await;
+        let store = Arc::new(url_store(&format!("{}/jwks", server.base)));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (store, kid) = (store.clone(), a.kid().to_owned());
+            tasks.push(tokio::spawn(async move {
+                store.decoding_key(ISS, &kid).await.is_ok()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn jwks_url_redirect_not_followed() {
+        let a = key();
+        let server = jwks_server(a.public_jwks()).await;
+        let store = url_store(&format!("{}/redirect", server.base));
+        let e = store.decoding_key(ISS, a.kid()).await.unwrap_err();
+        assert_eq!(e.code, RejectCode::UnknownKey);
+        assert!(e.detail.contains("could not be fetched"), "{}", e.detail);
+        assert_eq!(
+            server.hits.load(Ordering::SeqCst),
+            0,
+            "the redirect target was not requested"
+        );
+    }
+
+    #[tokio::test]
+    async fn jwks_url_failure_keeps_cached_set() {
+        let a = key();
+        let server = jwks_server(a.public_jwks()).await;
+        let mut store = url_store(&format!("{}/jwks", server.base));
+        store.set_jwks_timing(Duration::from_millis(1), Duration::from_millis(1));
+        assert!(store.decoding_key(ISS, a.kid()).await.is_ok());
+        server.failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Stale and the refetch fails: the cached set is still used.
+        assert!(store.decoding_key(ISS, a.kid()).await.is_ok());
+        assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn jwks_url_unreachable_without_cache() {
+        // Nothing listens on this port once the listener is dropped.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let store = url_store(&format!("http://{addr}/jwks"));
+        let e = store.decoding_key(ISS, "k").await.unwrap_err();
+        assert_eq!(e.code, RejectCode::UnknownKey);
+        assert!(e.detail.contains("could not be fetched"), "{}", e.detail);
+        // Retried only after the interval; still unknown_key meanwhile.
+        let e = store.decoding_key(ISS, "k").await.unwrap_err();
+        assert_eq!(e.code, RejectCode::UnknownKey);
+        assert_eq!(store.jwks_fetch_count(&format!("http://{addr}/jwks")), 1);
+    }
+}
