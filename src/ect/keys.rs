@@ -196,13 +196,13 @@ impl SigningKey {
             ("OKP", "Ed25519") => KeyAlg::EdDSA,
             (kty, crv) => return Err(invalid(format!("unsupported key kty={kty} crv={crv}"))),
         };
-        if let Some(named) = &jwk.alg {
-            if named != alg_name(alg) {
-                return Err(invalid(format!(
-                    "alg `{named}` does not fit crv {}",
-                    jwk.crv
-                )));
-            }
+        if let Some(named) = &jwk.alg
+            && named != alg_name(alg)
+        {
+            return Err(invalid(format!(
+                "alg `{named}` does not fit crv {}",
+                jwk.crv
+            )));
         }
         let d = b64_field(&jwk.d, "d")?;
         let x = b64_field(&jwk.x, "x")?;

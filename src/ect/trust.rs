@@ -315,7 +315,8 @@ impl TrustStore {
                 return Err(duplicate());
             }
             self.prefixes.push((prefix.to_owned(), Arc::new(entry)));
-            self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.prefixes
+                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         } else {
             if self.exact.contains_key(&id) {
                 return Err(duplicate());
@@ -372,30 +373,28 @@ impl TrustStore {
         // Fast path: a fresh cache that knows the kid.
         {
             let cache = source.cache.read().await;
-            if let Some(c) = cache.as_ref() {
-                if c.fetched_at.elapsed() < self.cache_ttl {
-                    if let Some(key) = c.keys.get(kid) {
-                        return Ok(key.clone());
-                    }
-                }
+            if let Some(c) = cache.as_ref()
+                && c.fetched_at.elapsed() < self.cache_ttl
+                && let Some(key) = c.keys.get(kid)
+            {
+                return Ok(key.clone());
             }
         }
         let mut last_attempt = source.fetch.lock().await;
-        // Another task may have fetched while this one waited for the lock.
+        // Another task may have fetched while this one waited for the lock; a stale set is
+        // still used while a refetch is not yet allowed.
         let cached = source
             .cache
             .read()
             .await
             .as_ref()
             .map(|c| (c.keys.clone(), c.fetched_at));
-        if let Some((keys, fetched_at)) = &cached {
-            if fetched_at.elapsed() < self.cache_ttl
-                || last_attempt.is_some_and(|t| t.elapsed() < self.refresh_min_interval)
-            {
-                if let Some(key) = keys.get(kid) {
-                    return Ok(key.clone());
-                }
-            }
+        if let Some((keys, fetched_at)) = &cached
+            && (fetched_at.elapsed() < self.cache_ttl
+                || last_attempt.is_some_and(|t| t.elapsed() < self.refresh_min_interval))
+            && let Some(key) = keys.get(kid)
+        {
+            return Ok(key.clone());
         }
         let may_fetch = last_attempt.is_none_or(|t| t.elapsed() >= self.refresh_min_interval);
         if !may_fetch {
