@@ -149,6 +149,9 @@ fn invalid_claims(detail: impl Into<String>) -> Rejection {
 /// Checks the claims' presence, types and formats and normalises them (one parent list, one
 /// `ext`, -00's `pol`/`pol_decision` moved into `ext`). Time and checkpoint rules are separate
 /// ([`check_time`], [`check_checkpoint`]) so an import can record an expired token.
+///
+/// `profile` is taken from the parent claim's name (`par`: -00, `pred`: -01), the one claim
+/// every token must carry; the `typ` spelling is accepted independently of it.
 pub fn normalise(
     token: &str,
     header: EctHeader,

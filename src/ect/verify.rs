@@ -175,28 +175,31 @@ impl Verifier {
         )
         .await;
 
-        // One lookup per distinct (iss, kid); lookups are async (a JWKS URL may be fetched).
-        let mut resolved: Vec<Result<ResolvedKey, Rejection>> = Vec::new();
+        // One lookup per distinct (iss, kid), run concurrently: a lookup may fetch a JWKS URL,
+        // and one slow issuer should not serialise the others.
         let mut key_of: Vec<usize> = Vec::with_capacity(prepared.len());
-        {
+        let resolved: Vec<Result<ResolvedKey, Rejection>> = {
             let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+            let mut ids: Vec<(&str, &str)> = Vec::new();
             for p in &prepared {
                 let Ok(p) = p else {
                     key_of.push(usize::MAX);
                     continue;
                 };
                 let id = (p.iss.as_str(), p.header.kid.as_str());
-                let i = match index.get(&id) {
-                    Some(i) => *i,
-                    None => {
-                        resolved.push(self.trust.decoding_key(id.0, id.1).await);
-                        index.insert(id, resolved.len() - 1);
-                        resolved.len() - 1
-                    }
-                };
+                let i = *index.entry(id).or_insert_with(|| {
+                    ids.push(id);
+                    ids.len() - 1
+                });
                 key_of.push(i);
             }
-        }
+            let trust = &self.trust;
+            futures::future::join_all(
+                ids.into_iter()
+                    .map(|(iss, kid)| trust.decoding_key(iss, kid)),
+            )
+            .await
+        };
         let work: Vec<Result<(Prepared, ResolvedKey), Rejection>> = prepared
             .into_iter()
             .zip(key_of)
