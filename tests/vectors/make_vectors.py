@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # Regenerate the interop vectors with an independent JOSE implementation (jwcrypto):
-#   python3 -m venv /tmp/v && /tmp/v/bin/pip install jwcrypto && /tmp/v/bin/python tests/vectors/make_vectors.py
+#   python3 -m pip install jwcrypto && python3 tests/vectors/make_vectors.py
 # It writes tests/vectors/interop.jwks.json (public keys) and tests/vectors/interop_tokens.json
 # (a list of {name, token, expect, ...} judged at NOW = 1800000000); tests/ect_interop.rs checks them.
 # Fresh keys are generated on every run, so commit both files together.
