@@ -455,3 +455,156 @@ fn check_cascade_types(ext: &Map<String, Value>, is_checkpoint: bool) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ect::testutil::{NOW, claims_with, obj};
+    use serde_json::json;
+
+    fn header() -> EctHeader {
+        EctHeader {
+            alg: "ES256".into(),
+            typ: "exec+jwt".into(),
+            kid: "k".into(),
+        }
+    }
+
+    #[test]
+    fn hash_formats() {
+        for ok in [
+            "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg",
+            "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU",
+            "sha256:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564",
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ] {
+            assert!(is_valid_hash(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg=",
+            "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg",
+            "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgh",
+            "sha256:",
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0",
+            "sha256:zz86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "sha512:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564",
+        ] {
+            assert!(!is_valid_hash(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ext_depth_counts_the_ext_object() {
+        assert_eq!(depth(&json!({})), 1);
+        assert_eq!(depth(&json!({"a": {"b": {"c": {"d": {}}}}})), 5);
+        assert_eq!(depth(&json!({"a": [1, {"b": []}]})), 4);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("a") && is_valid_id(&"~".repeat(128)));
+        for bad in ["", " ", "a b", "\u{7f}", "é", &"a".repeat(129)] {
+            assert!(!is_valid_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn normalise_fills_every_field() {
+        let c = claims_with(
+            "j",
+            json!({"sub": "s", "aud": ["a", "b"], "par": ["p"], "ext": {"k": 1},
+                   "inp_hash": "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg"}),
+        );
+        let ect = normalise("t.o.k", header(), c.clone(), 100).unwrap();
+        assert_eq!(ect.token, "t.o.k");
+        assert_eq!(ect.content_hash, sha256_hex(b"t.o.k"));
+        assert_eq!(ect.sub.as_deref(), Some("s"));
+        assert_eq!(ect.aud, vec!["a", "b"]);
+        assert_eq!(ect.parents, vec!["p"]);
+        assert_eq!(ect.ext, obj(json!({"k": 1})));
+        assert_eq!(
+            ect.inp_hash.as_deref(),
+            Some("n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg")
+        );
+        assert_eq!(ect.out_hash, None);
+        assert_eq!((ect.iat, ect.exp), (NOW - 10, NOW + 600));
+        assert_eq!(ect.claims, c);
+        assert_eq!(ect.profile, Profile::Draft00);
+    }
+
+    #[test]
+    fn time_boundaries() {
+        let ect = normalise(
+            "t",
+            header(),
+            claims_with("j", json!({"iat": NOW, "exp": NOW + 1})),
+            100,
+        )
+        .unwrap();
+        assert!(check_time(&ect, NOW, 0).is_ok());
+        assert_eq!(
+            check_time(&ect, NOW + 1, 0).unwrap_err().code,
+            RejectCode::Expired
+        );
+        assert!(check_time(&ect, NOW + 1, 1).is_ok());
+        assert_eq!(
+            check_time(&ect, NOW - 1, 0).unwrap_err().code,
+            RejectCode::NotYetValid
+        );
+        assert!(check_time(&ect, NOW - 1, 1).is_ok());
+    }
+
+    #[test]
+    fn cascade_key_types() {
+        let ok = obj(
+            json!({"cascade.error_rate": 0.5, "cascade.scope": "sub_dag",
+                            "cascade.failed_agents": [], "cascade.unlisted": {"x": 1}}),
+        );
+        assert!(check_cascade_types(&ok, false).is_ok());
+        let bad = obj(json!({"cascade.ttl": "60"}));
+        assert_eq!(
+            check_cascade_types(&bad, false).unwrap_err().code,
+            RejectCode::InvalidClaims
+        );
+        assert_eq!(
+            check_cascade_types(&bad, true).unwrap_err().code,
+            RejectCode::InvalidCheckpoint
+        );
+        let bad = obj(json!({"cascade.affected_agents": ["a"]}));
+        assert_eq!(
+            check_cascade_types(&bad, true).unwrap_err().code,
+            RejectCode::InvalidClaims
+        );
+    }
+
+    #[test]
+    fn checkpoint_info() {
+        let info = CheckpointInfo::from_ext(&obj(json!({
+            "cascade.reversible": true, "cascade.rollback_uri": "https://h/r", "cascade.ttl": 1.5
+        })))
+        .unwrap();
+        assert_eq!(info.expires_at(100), Some(102));
+        let err = CheckpointInfo::from_ext(&obj(json!({"cascade.reversible": true}))).unwrap_err();
+        assert_eq!(err.code, RejectCode::InvalidCheckpoint);
+        assert!(CheckpointInfo::from_ext(&obj(json!({}))).is_err());
+    }
+
+    #[test]
+    fn error_predicate() {
+        let none = Map::new();
+        assert!(is_error_node("error", &none));
+        assert!(is_error_node("payment_failed", &none));
+        assert!(!is_error_node("failed_payment", &none));
+        assert!(is_error_node("x", &obj(json!({"cascade.error": true}))));
+        assert!(!is_error_node("x", &obj(json!({"cascade.error": "true"}))));
+        assert!(is_error_node(
+            "x",
+            &obj(json!({"pol_decision": "rejected"}))
+        ));
+        assert!(!is_error_node(
+            "x",
+            &obj(json!({"pol_decision": "approved"}))
+        ));
+    }
+}
