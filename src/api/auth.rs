@@ -138,7 +138,7 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
                 .map_err(|r| {
                     ApiError::unauthenticated(format!("Execution-Context does not verify: {r}"))
                 })?;
-            crate::ect::Verifier::require_audience(&ect, &state.config.coordinator_id).map_err(
+            crate::ect::verify::require_audience(&ect, &state.config.coordinator_id).map_err(
                 |r| ApiError::unauthenticated(format!("Execution-Context: {}", r.detail)),
             )?;
             verified.push(ect);
@@ -172,7 +172,7 @@ fn execution_context_tokens(
         values.push(text);
     }
     split_execution_context(values.into_iter(), max_bytes).map_err(|e| match e {
-        HeaderError::TooLarge => ApiError::new(
+        HeaderError::TooLarge { .. } => ApiError::new(
             axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_large",
             format!("Execution-Context is over {max_bytes} bytes"),

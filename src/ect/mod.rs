@@ -11,6 +11,9 @@ pub mod keys;
 pub mod trust;
 pub mod verify;
 
+#[cfg(test)]
+pub(crate) mod testutil;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
