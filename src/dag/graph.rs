@@ -45,23 +45,7 @@ impl WorkflowGraph {
     /// With more than `u32::MAX - 1` nodes or edges (petgraph's index type).
     pub fn from_nodes(wid: Option<String>, nodes: Vec<DagNode>) -> Self {
         let hasher = RandomState::new();
-        let mut index: HashTable<u32> = HashTable::with_capacity(nodes.len());
-        let mut kept: Vec<DagNode> = Vec::with_capacity(nodes.len());
-        for node in nodes {
-            let hash = hasher.hash_one(node.jti.as_str());
-            let seen = index
-                .find(hash, |&i| kept[i as usize].jti == node.jti)
-                .is_some();
-            if seen {
-                continue;
-            }
-            index.insert_unique(hash, kept.len() as u32, |&i| {
-                hasher.hash_one(kept[i as usize].jti.as_str())
-            });
-            kept.push(node);
-        }
-        let nodes = kept;
-
+        let (nodes, index) = index_nodes(nodes, &hasher);
         let (issuers, issuer_of) = intern_issuers(&nodes);
 
         let edge_count: usize = nodes.iter().map(|n| n.parents.len()).sum();
@@ -299,6 +283,36 @@ impl WorkflowGraph {
             level_start = level_end;
         }
         (order, levels)
+    }
+}
+
+/// The jti index of `nodes`, after dropping any node whose jti came earlier. The nodes are
+/// not moved unless there is a duplicate, so building never holds two copies of the list.
+fn index_nodes(mut nodes: Vec<DagNode>, hasher: &RandomState) -> (Vec<DagNode>, HashTable<u32>) {
+    loop {
+        let mut index: HashTable<u32> = HashTable::with_capacity(nodes.len());
+        let mut duplicate: Option<Vec<bool>> = None;
+        for (i, node) in nodes.iter().enumerate() {
+            let hash = hasher.hash_one(node.jti.as_str());
+            if index
+                .find(hash, |&k| nodes[k as usize].jti == node.jti)
+                .is_some()
+            {
+                duplicate.get_or_insert_with(|| vec![false; nodes.len()])[i] = true;
+                continue;
+            }
+            index.insert_unique(hash, i as u32, |&k| {
+                hasher.hash_one(nodes[k as usize].jti.as_str())
+            });
+        }
+        let Some(duplicate) = duplicate else {
+            return (nodes, index);
+        };
+        let mut position = 0;
+        nodes.retain(|_| {
+            position += 1;
+            !duplicate[position - 1]
+        });
     }
 }
 
