@@ -151,7 +151,7 @@ fn bench_size(c: &mut Criterion, name: &str, width: usize, layers: usize, large:
             .sample_size(10)
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(10));
+            .measurement_time(Duration::from_secs(20));
     }
     group.bench_function("graph build", |b| {
         b.iter_batched(
