@@ -2,9 +2,27 @@
 //!
 //! Edges run parent -> child (the direction work flowed). Pure: no I/O; the store loads the
 //! nodes of one workflow ([`DagNode`]) and this module answers questions about them.
+//!
+//! - [`WorkflowGraph`]: the graph of one workflow, its blast radius, ancestors and descendants.
+//! - [`order_batch`]: the ingest order of a batch of new tokens (parents first) and its cycles.
+//! - [`WorkflowGraph::to_json`], [`WorkflowGraph::to_dot`], [`WorkflowGraph::to_mermaid`]: the
+//!   renderings served by `GET /v1/workflows/{wid}/dag`.
+
+mod batch;
+mod graph;
+mod render;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub use batch::{BatchOrder, order_batch};
+pub use graph::{WorkflowGraph, checkpoint_view};
+pub use render::{DagJson, DagJsonEdge, DagJsonNode};
 
 /// What the graph needs of one ECT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
