@@ -366,10 +366,8 @@ impl Config {
         let mut config: Config = figment.extract().map_err(|e| figment_error(file, e))?;
         if let Some(dir) = file.and_then(Path::parent) {
             for issuer in &mut config.trust.issuers {
-                if let Some(p) = &issuer.jwks_file {
-                    if p.is_relative() {
-                        issuer.jwks_file = Some(dir.join(p));
-                    }
+                if let Some(p) = issuer.jwks_file.as_ref().filter(|p| p.is_relative()) {
+                    issuer.jwks_file = Some(dir.join(p));
                 }
             }
         }
@@ -379,16 +377,15 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:")
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
                 || url.starts_with("postgresql://"))
-            {
-                return Err(key_error(
-                    "database_url",
-                    format!("`{url}` is neither sqlite:… nor postgres://…"),
-                ));
-            }
+        {
+            return Err(key_error(
+                "database_url",
+                format!("`{url}` is neither sqlite:… nor postgres://…"),
+            ));
         }
         if self.coordinator_id.trim().is_empty() {
             return Err(key_error("coordinator_id", "must not be empty"));
@@ -634,7 +631,8 @@ allow_http = true
 
     #[test]
     fn invalid_configuration_names_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("listen = \"not an address\"", &[], "listen"),
             ("[ect]\nalgorithms = [\"HS256\"]", &[], "ect.algorithms"),
             ("[ect]\nalgorithms = [\"none\"]", &[], "ect.algorithms"),

@@ -139,10 +139,7 @@ impl Ledger {
                 Some(&first) => repeats.push((i, first)),
             }
         }
-        let ect = |i: usize| match &verified[i] {
-            Ok(e) => Some(e),
-            Err(_) => None,
-        };
+        let ect = |i: usize| verified[i].as_ref().ok();
 
         let items: Vec<(String, Vec<String>)> = candidates
             .iter()

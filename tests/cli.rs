@@ -20,7 +20,11 @@ fn unwind() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `unwind serve` in `dir` and waits for its "listening" line; returns the child and
@@ -57,7 +61,10 @@ fn serve(dir: &Path, args: &[&str]) -> (Child, String) {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -89,7 +96,10 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
     let (mut child, printed) = serve(dir.path(), &["--listen", &listen]);
     let data = dir.path().join("unwind-data");
     for file in ["unwind.db", "coordinator.jwk", "admin.token"] {
-        assert!(data.join(file).is_file(), "{file} missing; printed:\n{printed}");
+        assert!(
+            data.join(file).is_file(),
+            "{file} missing; printed:\n{printed}"
+        );
     }
     assert!(printed.contains("unwind-data/coordinator.jwk"), "{printed}");
     assert!(printed.contains("unwind-data/admin.token"), "{printed}");
@@ -98,7 +108,10 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
         assert_eq!(mode(&data.join("coordinator.jwk")), 0o600);
         assert_eq!(mode(&data.join("admin.token")), 0o600);
     }
-    let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
     let body = http_get(port, "/v1/workflows", Some(&token));
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     let ready = http_get(port, "/readyz", None);
@@ -110,7 +123,10 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
     let key_before = std::fs::read_to_string(data.join("coordinator.jwk")).unwrap();
     let (mut child, printed) = serve(dir.path(), &["--listen", &listen]);
     assert!(!printed.contains("created"), "{printed}");
-    assert_eq!(std::fs::read_to_string(data.join("coordinator.jwk")).unwrap(), key_before);
+    assert_eq!(
+        std::fs::read_to_string(data.join("coordinator.jwk")).unwrap(),
+        key_before
+    );
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }
@@ -118,8 +134,14 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
 /// A plain HTTP/1.1 GET over a socket; returns the whole answer.
 fn http_get(port: u16, path: &str, token: Option<&str>) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -148,7 +170,10 @@ fn sigterm_lets_an_in_flight_request_finish() {
     std::thread::sleep(Duration::from_millis(300));
     sigterm(&child);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "exited with a request in flight");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
     s.write_all(&body[5..]).unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
@@ -160,11 +185,22 @@ fn sigterm_lets_an_in_flight_request_finish() {
 #[test]
 fn invalid_configuration_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.toml"), "[ect]\nalgorithms = [\"HS256\"]\n").unwrap();
-    let out = unwind().args(["serve", "--config", "bad.toml"]).current_dir(dir.path()).output().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[ect]\nalgorithms = [\"HS256\"]\n",
+    )
+    .unwrap();
+    let out = unwind()
+        .args(["serve", "--config", "bad.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ect.algorithms") && err.contains("HS256"), "{err}");
+    assert!(
+        err.contains("ect.algorithms") && err.contains("HS256"),
+        "{err}"
+    );
 
     let out = unwind()
         .args(["serve"])
@@ -175,7 +211,10 @@ fn invalid_configuration_fails_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rollback.lease_s"), "{err}");
-    assert!(!dir.path().join("unwind-data").exists(), "nothing is created for a bad configuration");
+    assert!(
+        !dir.path().join("unwind-data").exists(),
+        "nothing is created for a bad configuration"
+    );
 }
 
 #[test]
@@ -185,12 +224,26 @@ fn keys_generate_then_sign_verify_decode() {
     for alg in ["es256", "eddsa"] {
         let key = format!("{alg}.jwk");
         let jwks = format!("{alg}.jwks.json");
-        let out = unwind().args(["keys", "generate", "--alg", alg, "--out", &key, "--jwks", &jwks]).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = unwind()
+            .args([
+                "keys", "generate", "--alg", alg, "--out", &key, "--jwks", &jwks,
+            ])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         #[cfg(unix)]
         assert_eq!(mode(&d.join(&key)), 0o600);
-        let public: Value = serde_json::from_str(&std::fs::read_to_string(d.join(&jwks)).unwrap()).unwrap();
-        assert!(public["keys"][0].get("d").is_none(), "private part in the JWKS");
+        let public: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(&jwks)).unwrap()).unwrap();
+        assert!(
+            public["keys"][0].get("d").is_none(),
+            "private part in the JWKS"
+        );
 
         let claims = json!({
             "iss": "spiffe://example.com/agent/a", "aud": "spiffe://unwind.local/coordinator",
@@ -198,51 +251,122 @@ fn keys_generate_then_sign_verify_decode() {
             "ext": {"cascade.reversible": true, "cascade.rollback_uri": "https://agent.example/rb"}
         });
         std::fs::write(d.join("claims.json"), claims.to_string()).unwrap();
-        let out = unwind().args(["ect", "sign", "--key", &key, "--claims", "claims.json"]).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = unwind()
+            .args(["ect", "sign", "--key", &key, "--claims", "claims.json"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert_eq!(token.split('.').count(), 3);
         std::fs::write(d.join("t.jwt"), &token).unwrap();
 
-        let out = unwind().args(["ect", "decode", "t.jwt"]).current_dir(d).output().unwrap();
+        let out = unwind()
+            .args(["ect", "decode", "t.jwt"])
+            .current_dir(d)
+            .output()
+            .unwrap();
         let decoded: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(decoded["header"]["typ"], "wimse-exec+jwt");
         assert_eq!(decoded["claims"]["exec_act"], "checkpoint");
         assert!(decoded["claims"]["jti"].is_string(), "jti filled in");
-        assert!(decoded["claims"]["exp"].as_i64().unwrap() > decoded["claims"]["iat"].as_i64().unwrap());
+        assert!(
+            decoded["claims"]["exp"].as_i64().unwrap() > decoded["claims"]["iat"].as_i64().unwrap()
+        );
 
-        let out = unwind().args(["ect", "verify", "--jwks", &jwks, "t.jwt"]).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "{alg}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = unwind()
+            .args(["ect", "verify", "--jwks", &jwks, "t.jwt"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{alg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(verified["valid"], true);
 
         // A tampered token is refused with exit code 1 and the code named.
         let parts: Vec<&str> = token.split('.').collect();
-        let forged = format!("{}.{}.{}", parts[0], parts[1], &parts[2][..parts[2].len() - 4]);
-        let out = unwind().args(["ect", "verify", "--jwks", &jwks, &forged]).current_dir(d).output().unwrap();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            &parts[2][..parts[2].len() - 4]
+        );
+        let out = unwind()
+            .args(["ect", "verify", "--jwks", &jwks, &forged])
+            .current_dir(d)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_signature"));
         // The rollback host policy applies when given.
-        let out = unwind().args(["ect", "verify", "--jwks", &jwks, "--rollback-host", "other.example", "t.jwt"]).current_dir(d).output().unwrap();
+        let out = unwind()
+            .args([
+                "ect",
+                "verify",
+                "--jwks",
+                &jwks,
+                "--rollback-host",
+                "other.example",
+                "t.jwt",
+            ])
+            .current_dir(d)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("rollback_uri_not_allowed"));
     }
     // Draft -01 typ, read from standard input.
     let mut child = unwind()
-        .args(["ect", "sign", "--key", "es256.jwk", "--claims", "-", "--profile", "draft-01"])
+        .args([
+            "ect",
+            "sign",
+            "--key",
+            "es256.jwk",
+            "--claims",
+            "-",
+            "--profile",
+            "draft-01",
+        ])
         .current_dir(d)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(br#"{"iss":"x","aud":"y","exec_act":"a","pred":[]}"#).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"iss":"x","aud":"y","exec_act":"a","pred":[]}"#)
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let token = String::from_utf8(out.stdout).unwrap();
-    let out = unwind().args(["ect", "decode", token.trim()]).output().unwrap();
+    let out = unwind()
+        .args(["ect", "decode", token.trim()])
+        .output()
+        .unwrap();
     let decoded: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decoded["header"]["typ"], "exec+jwt");
 
     // Usage errors exit 2.
-    let out = unwind().args(["ect", "sign", "--key", "missing.jwk", "--claims", "claims.json"]).current_dir(d).output().unwrap();
+    let out = unwind()
+        .args([
+            "ect",
+            "sign",
+            "--key",
+            "missing.jwk",
+            "--claims",
+            "claims.json",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -64,35 +64,3 @@ pub struct BlastRadius {
     /// Longest shortest-path distance from the root to a node in the set (0 = root alone).
     pub depth: u32,
 }
-pub struct WorkflowGraph {}
-pub struct BatchOrder {
-    pub order: Vec<usize>,
-    pub cyclic: Vec<usize>,
-}
-pub fn order_batch(_items: &[(String, Vec<String>)]) -> BatchOrder {
-    todo!()
-}
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DagJson {}
-impl WorkflowGraph {
-    pub fn from_nodes(_wid: Option<String>, _nodes: Vec<DagNode>) -> Self {
-        todo!()
-    }
-    pub fn blast_radius(
-        &self,
-        _root: &str,
-        _max_depth: Option<u32>,
-        _now: i64,
-    ) -> Option<BlastRadius> {
-        todo!()
-    }
-    pub fn to_json(&self) -> DagJson {
-        todo!()
-    }
-    pub fn to_dot(&self) -> String {
-        todo!()
-    }
-    pub fn to_mermaid(&self) -> String {
-        todo!()
-    }
-}
