@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Keys(cmd) => unwind::cli::ect::keys(cmd).await,
         Command::Ect(cmd) => unwind::cli::ect::ect(cmd).await,
+        Command::Bench(cmd) => unwind::cli::bench::run(cmd).await,
         Command::Openapi => {
             let doc = unwind::api::openapi()
                 .to_pretty_json()

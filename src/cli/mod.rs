@@ -2,6 +2,7 @@
 //! (`keys generate`, `ect sign|verify|decode`). Exit codes: 0 success, 1 a refused token or a
 //! failed operation, 2 a usage or configuration error.
 
+pub mod bench;
 pub mod ect;
 
 use std::path::PathBuf;
@@ -41,7 +42,12 @@ pub enum Command {
     #[command(subcommand)]
     Ect(EctCommand),
     /// Print the OpenAPI document of this build.
+    ///
+    /// Example: unwind openapi > openapi/unwind.json
     Openapi,
+    /// Measure the service (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Where the configuration comes from: defaults < `--config` file < `UNWIND_*` < these flags.

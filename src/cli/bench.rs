@@ -1,0 +1,462 @@
+//! `unwind bench ingest`: sustained ingest throughput beside the raw ES256 verification rate
+//! measured in the same run, and single-token latency at a fixed request rate.
+//!
+//! The service runs in this process on a fresh database (a new PostgreSQL database created
+//! through `--database-url`, or SQLite in a temporary directory) and is driven over loopback
+//! HTTP, so client and server share the machine's cores, as a worst case.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+use super::CliError;
+use crate::config::{AuthTokenConfig, Config, Role, TrustIssuerConfig};
+use crate::ect::{KeyAlg, Profile, SigningKey};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ingest throughput and latency.
+    ///
+    /// Example: unwind bench ingest --database-url postgres://postgres@127.0.0.1/postgres
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    /// A PostgreSQL server URL (a fresh database is created on it and dropped afterwards);
+    /// default: SQLite in a temporary directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Tokens to ingest in batches.
+    #[arg(long, default_value_t = 100_000)]
+    pub tokens: usize,
+    /// Tokens per batch (each batch is one workflow's tree).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Concurrent batch clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Single-token requests per second for the latency run.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of the latency run (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Signatures verified on one core for the raw rate.
+    #[arg(long, default_value_t = 20_000)]
+    pub verify_samples: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const BENCH_TOKEN: &str = "bench-operator-token-0123456789";
+const AGENT: &str = "spiffe://bench.example/agent/";
+
+pub async fn run(cmd: BenchCommand) -> Result<(), CliError> {
+    match cmd {
+        BenchCommand::Ingest(args) => ingest(args).await,
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+async fn ingest(args: IngestArgs) -> Result<(), CliError> {
+    if args.batch == 0 || args.tokens < args.batch || args.clients == 0 {
+        return Err(CliError::Usage(
+            "need --batch >= 1, --tokens >= --batch, --clients >= 1".into(),
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("unwind-bench-{}", uuid::Uuid::new_v4().simple()));
+    tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
+    let (database_url, dropper) = match &args.database_url {
+        Some(url) if url.starts_with("postgres") => {
+            let (db_url, name) = fresh_postgres_database(url).await?;
+            (db_url, Some((url.clone(), name)))
+        }
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "--database-url must be postgres://…, not {other}"
+            )));
+        }
+        None => (format!("sqlite://{}", dir.join("bench.db").display()), None),
+    };
+    let result = ingest_on(&args, &dir, &database_url).await;
+    if let Some((server, name)) = dropper {
+        drop_postgres_database(&server, &name).await;
+    }
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn ingest_on(
+    args: &IngestArgs,
+    dir: &std::path::Path,
+    database_url: &str,
+) -> Result<Value, CliError> {
+    let key = SigningKey::generate(KeyAlg::ES256).map_err(failed)?;
+    let jwks = dir.join("agents.jwks.json");
+    tokio::fs::write(
+        &jwks,
+        serde_json::to_vec(&key.public_jwks()).map_err(failed)?,
+    )
+    .await
+    .map_err(failed)?;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().map_err(failed)?,
+        database_url: Some(database_url.to_string()),
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
+    config.trust.issuers = vec![TrustIssuerConfig {
+        id: format!("{AGENT}*"),
+        jwks_file: Some(jwks),
+        rollback_hosts: vec!["127.0.0.1".into()],
+        allow_http: true,
+        ..Default::default()
+    }];
+    config.auth.tokens = vec![AuthTokenConfig {
+        name: "bench".into(),
+        role: Role::Operator,
+        sha256: crate::ect::sha256_hex(BENCH_TOKEN.as_bytes()),
+    }];
+    let prepared = crate::service::prepare(config).await.map_err(failed)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(failed)?;
+    let base = format!("http://{}", listener.local_addr().map_err(failed)?);
+    let app = crate::api::router(prepared.state);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let key = Arc::new(key);
+    eprintln!("signing {} tokens…", args.tokens);
+    let batches = sign_batches(key.clone(), args.tokens / args.batch, args.batch).await?;
+    eprintln!("measuring raw ES256 verification on one core…");
+    let verify_rate =
+        raw_verify_rate(&batches[0][0], key.public_jwk(), args.verify_samples).await?;
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()
+        .map_err(failed)?;
+    eprintln!(
+        "ingesting in batches of {} with {} clients…",
+        args.batch, args.clients
+    );
+    let total: usize = batches.iter().map(Vec::len).sum();
+    let batches = Arc::new(batches);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.clients {
+        let (client, base, batches, next) =
+            (client.clone(), base.clone(), batches.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(i) else { break };
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/v1/ects"))
+                    .bearer_auth(BENCH_TOKEN)
+                    .json(&json!({ "tokens": batch }))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = r.status();
+                let body: Value = r.json().await.map_err(|e| e.to_string())?;
+                latencies.push(t.elapsed());
+                let created = body["results"]
+                    .as_array()
+                    .map_or(0, |a| a.iter().filter(|x| x["status"] == "created").count());
+                if !status.is_success() || created != batch.len() {
+                    return Err(format!(
+                        "batch {i}: {status}: {created} of {} created: {body}",
+                        batch.len()
+                    ));
+                }
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut batch_latencies = Vec::new();
+    for w in workers {
+        batch_latencies.extend(w.await.map_err(failed)?.map_err(CliError::Failed)?);
+    }
+    let elapsed = started.elapsed();
+    let ingest_rate = total as f64 / elapsed.as_secs_f64();
+
+    let single = if args.seconds > 0 && args.rate > 0 {
+        eprintln!("single tokens at {}/s for {} s…", args.rate, args.seconds);
+        Some(single_latency(&client, &base, key.clone(), args.rate, args.seconds).await?)
+    } else {
+        None
+    };
+    server.abort();
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let limit = verify_rate * cores as f64;
+    Ok(json!({
+        "machine": { "cores": cores },
+        "database": if database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+        "raw_es256_verify_per_s_one_core": verify_rate.round(),
+        "ingest": {
+            "tokens": total, "batch": args.batch, "clients": args.clients,
+            "seconds": elapsed.as_secs_f64(),
+            "tokens_per_s": ingest_rate.round(),
+            "ratio_to_verify_limit": ingest_rate / limit,
+            "verify_limit_all_cores": limit.round(),
+            "batch_p50_ms": percentile_ms(&mut batch_latencies, 0.50),
+            "batch_p99_ms": percentile_ms(&mut batch_latencies, 0.99),
+        },
+        "single": single,
+    }))
+}
+
+/// `count` workflows of `size` tokens each: a binary tree (token k's parent is (k-1)/2), so a
+/// batch carries its own parents and batches never wait for each other.
+async fn sign_batches(
+    key: Arc<SigningKey>,
+    count: usize,
+    size: usize,
+) -> Result<Vec<Vec<String>>, CliError> {
+    let now = chrono::Utc::now().timestamp();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut handles = Vec::new();
+    for part in 0..cores {
+        let key = key.clone();
+        handles.push(tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for w in (part..count).step_by(cores) {
+                let wid = uuid::Uuid::new_v4().to_string();
+                let mut batch = Vec::with_capacity(size);
+                for k in 0..size {
+                    let par: Vec<String> = if k == 0 {
+                        vec![]
+                    } else {
+                        vec![format!("{wid}-{}", (k - 1) / 2)]
+                    };
+                    let claims = bench_claims(
+                        &format!("{AGENT}{}", k % 8),
+                        &format!("{wid}-{k}"),
+                        &wid,
+                        par,
+                        now,
+                    );
+                    batch.push(
+                        key.sign_ect(&claims, Profile::Draft00)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                // Children before parents: the service has to order each batch.
+                batch.reverse();
+                out.push((w, batch));
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.map_err(failed)?.map_err(CliError::Failed)?);
+    }
+    all.sort_by_key(|(w, _)| *w);
+    Ok(all.into_iter().map(|(_, b)| b).collect())
+}
+
+fn bench_claims(iss: &str, jti: &str, wid: &str, par: Vec<String>, now: i64) -> Map<String, Value> {
+    let v = json!({
+        "iss": iss, "aud": "spiffe://unwind.local/coordinator", "iat": now, "exp": now + 3600,
+        "jti": jti, "wid": wid, "exec_act": "bench_step", "par": par,
+        "out_hash": "n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg",
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Signature checks per second on one core: the primitive ingest cannot beat.
+async fn raw_verify_rate(
+    token: &str,
+    jwk: jsonwebtoken::jwk::Jwk,
+    samples: usize,
+) -> Result<f64, CliError> {
+    let parsed = crate::ect::jws::parse_compact(token, 16 * 1024).map_err(failed)?;
+    tokio::task::spawn_blocking(move || {
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        let input = parsed.signing_input.as_bytes();
+        let started = Instant::now();
+        for _ in 0..samples {
+            let ok = jsonwebtoken::crypto::verify(
+                &parsed.signature_b64,
+                input,
+                &key,
+                jsonwebtoken::Algorithm::ES256,
+            )
+            .map_err(|e| e.to_string())?;
+            if !ok {
+                return Err("signature did not verify".to_string());
+            }
+        }
+        Ok(samples as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
+    .map_err(failed)?
+    .map_err(CliError::Failed)
+}
+
+/// Single `application/jwt` requests at a fixed rate; latency percentiles.
+async fn single_latency(
+    client: &reqwest::Client,
+    base: &str,
+    key: Arc<SigningKey>,
+    rate: u64,
+    seconds: u64,
+) -> Result<Value, CliError> {
+    let n = (rate * seconds) as usize;
+    let now = chrono::Utc::now().timestamp();
+    let wid = uuid::Uuid::new_v4().to_string();
+    let tokens: Vec<String> = {
+        let key = key.clone();
+        let wid = wid.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|k| {
+                    key.sign_ect(
+                        &bench_claims(
+                            &format!("{AGENT}single"),
+                            &format!("{wid}-s{k}"),
+                            &wid,
+                            vec![],
+                            now,
+                        ),
+                        Profile::Draft00,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?
+    };
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut handles = Vec::with_capacity(n);
+    for token in tokens {
+        ticker.tick().await;
+        let client = client.clone();
+        let url = format!("{base}/v1/ects");
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = client
+                .post(url)
+                .bearer_auth(BENCH_TOKEN)
+                .header("content-type", "application/jwt")
+                .body(token)
+                .send()
+                .await;
+            let ok = matches!(&r, Ok(r) if r.status().as_u16() == 201);
+            (t.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    let mut errors = 0;
+    for h in handles {
+        let (latency, ok) = h.await.map_err(failed)?;
+        latencies.push(latency);
+        if !ok {
+            errors += 1;
+        }
+    }
+    Ok(json!({
+        "rate_per_s": rate, "requests": n, "errors": errors,
+        "p50_ms": percentile_ms(&mut latencies, 0.50),
+        "p99_ms": percentile_ms(&mut latencies, 0.99),
+        "max_ms": percentile_ms(&mut latencies, 1.0),
+    }))
+}
+
+fn percentile_ms(values: &mut [Duration], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_unstable();
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+    (values[i].as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn print_report(r: &Value) {
+    let i = &r["ingest"];
+    println!(
+        "machine: {} cores; database: {}",
+        r["machine"]["cores"], r["database"]
+    );
+    println!(
+        "raw ES256 verification, one core:  {:>10} tokens/s",
+        r["raw_es256_verify_per_s_one_core"]
+    );
+    println!(
+        "verification limit, all cores:     {:>10} tokens/s",
+        i["verify_limit_all_cores"]
+    );
+    println!(
+        "ingest ({} tokens, batches of {}, {} clients): {} tokens/s = {:.2} x the limit (batch p50 {} ms, p99 {} ms)",
+        i["tokens"],
+        i["batch"],
+        i["clients"],
+        i["tokens_per_s"],
+        i["ratio_to_verify_limit"].as_f64().unwrap_or(0.0),
+        i["batch_p50_ms"],
+        i["batch_p99_ms"]
+    );
+    if let Some(s) = r["single"].as_object() {
+        println!(
+            "single tokens at {}/s ({} requests, {} errors): p50 {} ms, p99 {} ms, max {} ms",
+            s["rate_per_s"], s["requests"], s["errors"], s["p50_ms"], s["p99_ms"], s["max_ms"]
+        );
+    }
+}
+
+async fn fresh_postgres_database(server_url: &str) -> Result<(String, String), CliError> {
+    use sqlx::Connection;
+    let name = format!("unwind_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(server_url)
+        .await
+        .map_err(failed)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .map_err(failed)?;
+    let mut url = reqwest::Url::parse(server_url).map_err(failed)?;
+    url.set_path(&name);
+    Ok((url.to_string(), name))
+}
+
+async fn drop_postgres_database(server_url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(server_url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
