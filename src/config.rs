@@ -197,7 +197,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -244,7 +247,13 @@ pub struct CircuitConfig {
 
 impl Default for CircuitConfig {
     fn default() -> Self {
-        Self { window_s: 60, error_threshold: 0.5, min_calls: 5, cooldown_s: 30, max_cooldown_s: 300 }
+        Self {
+            window_s: 60,
+            error_threshold: 0.5,
+            min_calls: 5,
+            cooldown_s: 30,
+            max_cooldown_s: 300,
+        }
     }
 }
 
@@ -275,7 +284,11 @@ pub struct CascadeConfig {
 
 impl Default for CascadeConfig {
     fn default() -> Self {
-        Self { window_s: 60, escalate_above_agents: 3, min_reporters: 2 }
+        Self {
+            window_s: 60,
+            escalate_above_agents: 3,
+            min_reporters: 2,
+        }
     }
 }
 
@@ -302,7 +315,10 @@ pub enum ConfigError {
 }
 
 fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Key { key: key.into(), message: message.into() }
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// Algorithms Unwind can verify; anything else (notably `none` and HMAC) is refused.
@@ -334,7 +350,9 @@ impl Config {
         // `UNWIND_A__B` sets `a.b`; values parse like the environment provider's (numbers,
         // booleans, arrays), so `UNWIND_ECT__CLOCK_SKEW_S=30` is a number.
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("UNWIND_") else { continue };
+            let Some(rest) = name.strip_prefix("UNWIND_") else {
+                continue;
+            };
             if CLIENT_ENV.contains(&name.as_str()) || rest.is_empty() {
                 continue;
             }
@@ -362,21 +380,33 @@ impl Config {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(key_error("database_url", format!("`{url}` is neither sqlite:… nor postgres://…")));
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(key_error(
+                    "database_url",
+                    format!("`{url}` is neither sqlite:… nor postgres://…"),
+                ));
             }
         }
         if self.coordinator_id.trim().is_empty() {
             return Err(key_error("coordinator_id", "must not be empty"));
         }
         if self.ect.algorithms.is_empty() {
-            return Err(key_error("ect.algorithms", "must name at least one algorithm"));
+            return Err(key_error(
+                "ect.algorithms",
+                "must name at least one algorithm",
+            ));
         }
         for alg in &self.ect.algorithms {
             if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
                 return Err(key_error(
                     "ect.algorithms",
-                    format!("`{alg}` is not allowed; choose from {}", SUPPORTED_ALGORITHMS.join(", ")),
+                    format!(
+                        "`{alg}` is not allowed; choose from {}",
+                        SUPPORTED_ALGORITHMS.join(", ")
+                    ),
                 ));
             }
         }
@@ -394,25 +424,49 @@ impl Config {
             if issuer.id.is_empty() {
                 return Err(key_error(&key("id"), "must not be empty"));
             }
-            if issuer.id.contains('*') && !(issuer.id.ends_with("/*") && issuer.id.matches('*').count() == 1) {
-                return Err(key_error(&key("id"), "a pattern must end in `/*` and have no other `*`"));
+            if issuer.id.contains('*')
+                && !(issuer.id.ends_with("/*") && issuer.id.matches('*').count() == 1)
+            {
+                return Err(key_error(
+                    &key("id"),
+                    "a pattern must end in `/*` and have no other `*`",
+                ));
             }
             match (&issuer.jwks_file, &issuer.jwks_url) {
-                (None, None) => return Err(key_error(&key("jwks_file"), "one of jwks_file or jwks_url is required")),
-                (Some(_), Some(_)) => return Err(key_error(&key("jwks_url"), "give jwks_file or jwks_url, not both")),
-                (Some(path), None) if !path.is_file() => {
-                    return Err(key_error(&key("jwks_file"), format!("{} is not a readable file", path.display())));
+                (None, None) => {
+                    return Err(key_error(
+                        &key("jwks_file"),
+                        "one of jwks_file or jwks_url is required",
+                    ));
                 }
-                (None, Some(url)) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                (Some(_), Some(_)) => {
+                    return Err(key_error(
+                        &key("jwks_url"),
+                        "give jwks_file or jwks_url, not both",
+                    ));
+                }
+                (Some(path), None) if !path.is_file() => {
+                    return Err(key_error(
+                        &key("jwks_file"),
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+                (None, Some(url))
+                    if !(url.starts_with("https://") || url.starts_with("http://")) =>
+                {
                     return Err(key_error(&key("jwks_url"), "must be an http(s) URL"));
                 }
                 _ => {}
             }
         }
         for (i, token) in self.auth.tokens.iter().enumerate() {
-            let ok = token.sha256.len() == 64 && token.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            let ok =
+                token.sha256.len() == 64 && token.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !ok {
-                return Err(key_error(&format!("auth.tokens[{i}].sha256"), "must be 64 hex digits (SHA-256 of the token)"));
+                return Err(key_error(
+                    &format!("auth.tokens[{i}].sha256"),
+                    "must be 64 hex digits (SHA-256 of the token)",
+                ));
             }
         }
         if self.limits.max_body_bytes < 1024 {
@@ -422,11 +476,17 @@ impl Config {
             return Err(key_error("limits.max_batch_tokens", "must be at least 1"));
         }
         if !(0.0..=1.0).contains(&self.circuit.error_threshold) {
-            return Err(key_error("circuit.error_threshold", "must be between 0 and 1"));
+            return Err(key_error(
+                "circuit.error_threshold",
+                "must be between 0 and 1",
+            ));
         }
         for (i, hook) in self.hitl.webhooks.iter().enumerate() {
             if hook.secret.is_none() && hook.secret_env.is_none() {
-                return Err(key_error(&format!("hitl.webhooks[{i}].secret"), "give secret or secret_env"));
+                return Err(key_error(
+                    &format!("hitl.webhooks[{i}].secret"),
+                    "give secret or secret_env",
+                ));
             }
         }
         Ok(())
@@ -442,17 +502,23 @@ impl Config {
 
     /// The signing key file in force.
     pub fn signing_key_path(&self) -> PathBuf {
-        self.signing_key_file.clone().unwrap_or_else(|| self.data_dir.join("coordinator.jwk"))
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("coordinator.jwk"))
     }
 
     /// The admin token file in force.
     pub fn admin_token_path(&self) -> PathBuf {
-        self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     /// The public base URL in force.
     pub fn public_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 }
 
@@ -464,7 +530,10 @@ fn figment_error(file: Option<&Path>, e: figment::Error) -> ConfigError {
     let message = e.kind.to_string();
     if key.is_empty() {
         match file {
-            Some(path) => ConfigError::File { path: path.to_path_buf(), message: e.to_string() },
+            Some(path) => ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
             None => ConfigError::Other(e.to_string()),
         }
     } else {

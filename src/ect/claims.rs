@@ -28,13 +28,19 @@ impl CheckpointInfo {
         let reversible = match ext.get("cascade.reversible") {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(invalid("cascade.reversible must be a boolean")),
-            None => return Err(invalid("a checkpoint needs ext cascade.reversible (boolean)")),
+            None => {
+                return Err(invalid(
+                    "a checkpoint needs ext cascade.reversible (boolean)",
+                ));
+            }
         };
         let rollback_uri = match ext.get("cascade.rollback_uri") {
             Some(Value::String(uri)) if !uri.is_empty() => Some(uri.clone()),
             Some(_) => return Err(invalid("cascade.rollback_uri must be a non-empty string")),
             None if reversible => {
-                return Err(invalid("a reversible checkpoint needs ext cascade.rollback_uri"));
+                return Err(invalid(
+                    "a reversible checkpoint needs ext cascade.rollback_uri",
+                ));
             }
             None => None,
         };

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 pub use claims::{CheckpointInfo, is_error_node};
 pub use keys::{KeyAlg, KeyError, SigningKey};
 pub use trust::TrustStore;
-pub use verify::{VerifyPolicy, Verifier};
+pub use verify::{Verifier, VerifyPolicy};
 
 /// Why a token (or a request carrying one) was refused. The serialised name is the API's
 /// error `code`.
@@ -98,7 +98,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: RejectCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into() }
+        Self {
+            code,
+            detail: detail.into(),
+        }
     }
 }
 
