@@ -82,7 +82,10 @@ async fn append_and_get_round_trip_every_field() {
         let mut a = new_ect("rt-a", Some("w1"), &[], "1");
         a.sub = Some("spiffe://example.com/user/u".into());
         a.out_hash = Some("sha-256:abc".into());
-        a.ext.insert("nested".into(), json!({"x": [1, 2.5, null, true], "y": "é\"\\"}));
+        a.ext.insert(
+            "nested".into(),
+            json!({"x": [1, 2.5, null, true], "y": "é\"\\"}),
+        );
         a.claims.insert("big".into(), json!(u64::MAX));
         let b = new_ect("rt-b", None, &["rt-a"], "1");
 
@@ -139,7 +142,12 @@ async fn find_meta_handles_more_than_one_chunk() {
         assert_eq!(ts.store.append(&batch).await.unwrap(), created(1200));
         let mut asked: Vec<String> = batch.iter().map(|e| e.jti.clone()).collect();
         asked.push("absent".into());
-        assert_eq!(ts.store.find_meta(&asked).await.unwrap().len(), 1200, "{}", ts.name);
+        assert_eq!(
+            ts.store.find_meta(&asked).await.unwrap().len(),
+            1200,
+            "{}",
+            ts.name
+        );
     }
 }
 
@@ -148,7 +156,10 @@ async fn same_content_is_a_duplicate() {
     for ts in test_stores().await {
         let s = &ts.store;
         let a = new_ect("dup-a", Some("w"), &[], "1");
-        assert_eq!(s.append(std::slice::from_ref(&a)).await.unwrap(), created(1));
+        assert_eq!(
+            s.append(std::slice::from_ref(&a)).await.unwrap(),
+            created(1)
+        );
         let first = s.get_ect("dup-a").await.unwrap().unwrap();
         assert_eq!(
             s.append(std::slice::from_ref(&a)).await.unwrap(),
@@ -170,7 +181,9 @@ async fn same_content_is_a_duplicate() {
 async fn other_content_is_a_conflict_and_writes_nothing() {
     for ts in test_stores().await {
         let s = &ts.store;
-        s.append(&[new_ect("cf-a", Some("w"), &[], "1")]).await.unwrap();
+        s.append(&[new_ect("cf-a", Some("w"), &[], "1")])
+            .await
+            .unwrap();
         let batch = vec![
             new_ect("cf-x", Some("w"), &["cf-a"], "1"),
             new_ect("cf-a", Some("w"), &[], "other"),
@@ -188,7 +201,9 @@ async fn other_content_is_a_conflict_and_writes_nothing() {
         assert!(edges(&ts).await.is_empty());
         // The store still works after the rollback.
         assert_eq!(
-            s.append(&[new_ect("cf-x", Some("w"), &["cf-a"], "1")]).await.unwrap(),
+            s.append(&[new_ect("cf-x", Some("w"), &["cf-a"], "1")])
+                .await
+                .unwrap(),
             created(1)
         );
     }
@@ -222,7 +237,10 @@ async fn ledger_tables_refuse_update_and_delete() {
             assert!(raw_execute(&ts, "TRUNCATE ect_edges").await.is_err());
         }
         assert_eq!(s.count_ects().await.unwrap(), 2);
-        assert_eq!(s.get_ect("ao-a").await.unwrap().unwrap().iss, "spiffe://example.com/agent/a");
+        assert_eq!(
+            s.get_ect("ao-a").await.unwrap().unwrap().iss,
+            "spiffe://example.com/agent/a"
+        );
         assert_eq!(edges(&ts).await.len(), 1);
     }
 }
@@ -241,14 +259,22 @@ async fn list_pages_visit_every_row_once_in_order() {
         }
         let all = EctFilter::default();
         for limit in [1, 3, 10, 25, 26, 1000] {
-            assert_eq!(all_jtis(s.as_ref(), &all, limit).await, expected, "{} limit {limit}", ts.name);
+            assert_eq!(
+                all_jtis(s.as_ref(), &all, limit).await,
+                expected,
+                "{} limit {limit}",
+                ts.name
+            );
         }
         // Exact fit: no cursor when nothing follows.
         let page = s.list_ects(&all, None, 25).await.unwrap();
         assert_eq!(page.items.len(), 25);
         assert_eq!(page.next_cursor, None);
         // Over the maximum: clamped, still everything here.
-        assert_eq!(s.list_ects(&all, None, 50_000).await.unwrap().items.len(), 25);
+        assert_eq!(
+            s.list_ects(&all, None, 50_000).await.unwrap().items.len(),
+            25
+        );
         // Zero is served as one.
         assert_eq!(s.list_ects(&all, None, 0).await.unwrap().items.len(), 1);
         for bad in ["not a cursor", "!!!", "", "LTE", "YWJj"] {
@@ -262,7 +288,12 @@ async fn list_pages_visit_every_row_once_in_order() {
             ));
         }
         // A cursor past the end gives an empty last page.
-        let last = s.list_ects(&all, None, 24).await.unwrap().next_cursor.unwrap();
+        let last = s
+            .list_ects(&all, None, 24)
+            .await
+            .unwrap()
+            .next_cursor
+            .unwrap();
         let tail = s.list_ects(&all, Some(&last), 10).await.unwrap();
         assert_eq!(tail.items.len(), 1);
         assert_eq!(tail.next_cursor, None);
@@ -287,19 +318,32 @@ async fn list_filters() {
         s.append(&batch).await.unwrap();
 
         let jtis = |pred: &dyn Fn(&NewEct) -> bool| -> Vec<String> {
-            batch.iter().filter(|e| pred(e)).map(|e| e.jti.clone()).collect()
+            batch
+                .iter()
+                .filter(|e| pred(e))
+                .map(|e| e.jti.clone())
+                .collect()
         };
         let cases: Vec<(EctFilter, Vec<String>)> = vec![
             (
-                EctFilter { wid: Some("even".into()), ..Default::default() },
+                EctFilter {
+                    wid: Some("even".into()),
+                    ..Default::default()
+                },
                 jtis(&|e| e.wid.as_deref() == Some("even")),
             ),
             (
-                EctFilter { iss: Some("spiffe://example.com/agent/1".into()), ..Default::default() },
+                EctFilter {
+                    iss: Some("spiffe://example.com/agent/1".into()),
+                    ..Default::default()
+                },
                 jtis(&|e| e.iss == "spiffe://example.com/agent/1"),
             ),
             (
-                EctFilter { exec_act: Some("checkpoint".into()), ..Default::default() },
+                EctFilter {
+                    exec_act: Some("checkpoint".into()),
+                    ..Default::default()
+                },
                 jtis(&|e| e.exec_act == "checkpoint"),
             ),
             (
@@ -315,12 +359,20 @@ async fn list_filters() {
                 }),
             ),
             (
-                EctFilter { wid: Some("none".into()), ..Default::default() },
+                EctFilter {
+                    wid: Some("none".into()),
+                    ..Default::default()
+                },
                 vec![],
             ),
         ];
         for (filter, want) in cases {
-            assert_eq!(all_jtis(s.as_ref(), &filter, 2).await, want, "{} {filter:?}", ts.name);
+            assert_eq!(
+                all_jtis(s.as_ref(), &filter, 2).await,
+                want,
+                "{} {filter:?}",
+                ts.name
+            );
         }
     }
 }
@@ -351,7 +403,12 @@ async fn workflow_summaries_count_nodes_agents_checkpoints_in_order() {
         // wA and wB appear in one batch: sorted within it; wC later.
         assert_eq!(wids, ["wA", "wB", "wC"], "{}", ts.name);
         let wb = s.get_workflow("wB").await.unwrap().unwrap();
-        assert_eq!((wb.nodes, wb.agents, wb.checkpoints), (3, 3, 2), "{}", ts.name);
+        assert_eq!(
+            (wb.nodes, wb.agents, wb.checkpoints),
+            (3, 3, 2),
+            "{}",
+            ts.name
+        );
         assert_eq!(wb.first_seen, first.first_seen);
         assert!(wb.last_seen >= first.last_seen);
         assert!(wb.first_seen <= wb.last_seen);
@@ -361,8 +418,14 @@ async fn workflow_summaries_count_nodes_agents_checkpoints_in_order() {
 
         // Pagination by one.
         let p1 = s.list_workflows(None, 1).await.unwrap();
-        let p2 = s.list_workflows(p1.next_cursor.as_deref(), 1).await.unwrap();
-        let p3 = s.list_workflows(p2.next_cursor.as_deref(), 1).await.unwrap();
+        let p2 = s
+            .list_workflows(p1.next_cursor.as_deref(), 1)
+            .await
+            .unwrap();
+        let p3 = s
+            .list_workflows(p2.next_cursor.as_deref(), 1)
+            .await
+            .unwrap();
         assert_eq!(
             [&p1.items[0].wid, &p2.items[0].wid, &p3.items[0].wid],
             ["wA", "wB", "wC"]
@@ -379,7 +442,9 @@ async fn workflow_nodes_in_ledger_order_with_ext_for_checkpoints_only() {
         let act = new_ect("wn-act", Some("w"), &["wn-cp"], "1");
         let act2 = new_ect("wn-act2", Some("w"), &["wn-act", "wn-cp"], "1");
         s.append(&[cp.clone(), act.clone()]).await.unwrap();
-        s.append(&[new_ect("wn-other", Some("x"), &[], "1")]).await.unwrap();
+        s.append(&[new_ect("wn-other", Some("x"), &[], "1")])
+            .await
+            .unwrap();
         s.append(std::slice::from_ref(&act2)).await.unwrap();
 
         let nodes = s.workflow_nodes("w").await.unwrap();
@@ -452,7 +517,11 @@ async fn concurrent_appends_of_one_jti_store_one_row() {
         let mut tasks = Vec::new();
         for i in 0..20 {
             let store = Arc::clone(&ts.store);
-            let ect = if i % 2 == 0 { same.clone() } else { other.clone() };
+            let ect = if i % 2 == 0 {
+                same.clone()
+            } else {
+                other.clone()
+            };
             tasks.push(tokio::spawn(async move {
                 let r = store.append(std::slice::from_ref(&ect)).await;
                 (ect.content_hash, r)
@@ -463,7 +532,13 @@ async fn concurrent_appends_of_one_jti_store_one_row() {
             results.push(t.await.unwrap());
         }
         assert_eq!(ts.store.count_ects().await.unwrap(), 1, "{}", ts.name);
-        let stored = ts.store.get_ect("race").await.unwrap().unwrap().content_hash;
+        let stored = ts
+            .store
+            .get_ect("race")
+            .await
+            .unwrap()
+            .unwrap()
+            .content_hash;
         let mut created = 0;
         for (hash, r) in results {
             match r {
@@ -487,7 +562,11 @@ async fn concurrent_appends_of_one_jti_store_one_row() {
 /// The whole ledger as comparable values: jtis and per-workflow counts and edges.
 async fn snapshot(
     ts: &TestStore,
-) -> (BTreeSet<String>, BTreeMap<String, (i64, i64, i64)>, Vec<(String, String, Option<String>)>) {
+) -> (
+    BTreeSet<String>,
+    BTreeMap<String, (i64, i64, i64)>,
+    Vec<(String, String, Option<String>)>,
+) {
     let jtis = all_jtis(ts.store.as_ref(), &EctFilter::default(), 1000)
         .await
         .into_iter()
@@ -507,7 +586,11 @@ async fn concurrent_overlapping_batches_match_a_serial_run() {
     let universe: Vec<NewEct> = (0..300)
         .map(|i| {
             let wid = format!("w{}", i % 6);
-            let parents: Vec<String> = if i >= 6 { vec![format!("ov-{:03}", i - 6)] } else { vec![] };
+            let parents: Vec<String> = if i >= 6 {
+                vec![format!("ov-{:03}", i - 6)]
+            } else {
+                vec![]
+            };
             let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
             let mut e = if i % 7 == 0 {
                 checkpoint(&format!("ov-{i:03}"), &wid, &parents, "spiffe://cp")
@@ -541,21 +624,30 @@ async fn concurrent_overlapping_batches_match_a_serial_run() {
                 .await
                 .unwrap()
                 .unwrap_or_else(|e| panic!("{}: concurrent append failed: {e}", ts.name));
-            created += outcomes.iter().filter(|o| **o == InsertOutcome::Created).count();
+            created += outcomes
+                .iter()
+                .filter(|o| **o == InsertOutcome::Created)
+                .count();
         }
 
         let serial = common::test_store(ts.kind).await;
         let mut serial_created = 0;
         for batch in &batches {
             let outcomes = serial.store.append(batch).await.unwrap();
-            serial_created += outcomes.iter().filter(|o| **o == InsertOutcome::Created).count();
+            serial_created += outcomes
+                .iter()
+                .filter(|o| **o == InsertOutcome::Created)
+                .count();
         }
 
         let concurrent = snapshot(&ts).await;
         assert_eq!(concurrent, snapshot(&serial).await, "{}", ts.name);
         assert_eq!(created, concurrent.0.len(), "each jti created exactly once");
         assert_eq!(serial_created, concurrent.0.len());
-        assert_eq!(ts.store.count_ects().await.unwrap() as usize, concurrent.0.len());
+        assert_eq!(
+            ts.store.count_ects().await.unwrap() as usize,
+            concurrent.0.len()
+        );
     }
 }
 
@@ -564,20 +656,35 @@ async fn batch_of_500() {
     for ts in test_stores().await {
         let batch: Vec<NewEct> = (0..500)
             .map(|i| {
-                let parents = if i > 0 { vec![format!("b5-{:03}", i - 1)] } else { vec![] };
+                let parents = if i > 0 {
+                    vec![format!("b5-{:03}", i - 1)]
+                } else {
+                    vec![]
+                };
                 let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
-                let mut e = new_ect(&format!("b5-{i:03}"), Some(&format!("w{}", i % 10)), &parents, "1");
+                let mut e = new_ect(
+                    &format!("b5-{i:03}"),
+                    Some(&format!("w{}", i % 10)),
+                    &parents,
+                    "1",
+                );
                 e.token = format!("{}{}", e.token, "x".repeat(600));
                 e.content_hash = common::ects::sha256_hex(&e.token);
                 e
             })
             .collect();
         // Warm up the connection and statement caches.
-        ts.store.append(&[new_ect("b5-warm", Some("w0"), &[], "1")]).await.unwrap();
+        ts.store
+            .append(&[new_ect("b5-warm", Some("w0"), &[], "1")])
+            .await
+            .unwrap();
         let started = std::time::Instant::now();
         assert_eq!(ts.store.append(&batch).await.unwrap(), created(500));
         let took = started.elapsed();
-        eprintln!("{}: 500-token batch appended in {took:?} (debug build)", ts.name);
+        eprintln!(
+            "{}: 500-token batch appended in {took:?} (debug build)",
+            ts.name
+        );
         assert_eq!(ts.store.count_ects().await.unwrap(), 501);
         assert_eq!(ts.store.workflow_nodes("w3").await.unwrap().len(), 50);
     }

@@ -95,7 +95,9 @@ pub async fn unmigrated_store(kind: DbKind) -> TestStore {
         DbKind::Postgres => Some(PgDatabaseGuard { url: url.clone() }),
         DbKind::Sqlite => None,
     };
-    let store = store::connect(&url).await.expect("connect to test database");
+    let store = store::connect(&url)
+        .await
+        .expect("connect to test database");
     TestStore {
         name: kind.name(),
         kind,
@@ -143,7 +145,9 @@ pub async fn drop_database(url: &str) {
     let Some(name) = database_of(url) else {
         return;
     };
-    if !name.starts_with(DATABASE_PREFIX) || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if !name.starts_with(DATABASE_PREFIX)
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return;
     }
     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
@@ -259,6 +263,9 @@ pub mod ects {
 
     /// Lowercase hex SHA-256 of the token, as ingest computes `content_hash`.
     pub fn sha256_hex(token: &str) -> String {
-        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()))
+        hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            token.as_bytes(),
+        ))
     }
 }
