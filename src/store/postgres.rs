@@ -24,6 +24,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const MAX_CONNECTIONS: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of one append when PostgreSQL reports a deadlock or serialization failure.
+const APPEND_ATTEMPTS: u32 = 3;
 
 const ECT_COLUMNS: &str = "seq, jti, wid, iss, sub, exec_act, parents::text AS parents, iat, \
      exp, out_hash, ext::text AS ext, claims::text AS claims, token, kid, content_hash, \
@@ -108,6 +110,52 @@ impl PgStore {
         Ok(created.into_iter().collect())
     }
 
+    /// One attempt of [`Store::append`] in one transaction.
+    async fn append_once(
+        pool: &PgPool,
+        batch: &[NewEct],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let encoded = common::encode_batch(batch)?;
+        let now = common::now();
+        // Explicit, whatever the server's default: the duplicate check below relies on each
+        // statement seeing what concurrent appends committed.
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+
+        let created = Self::insert_ects(&mut tx, &encoded, now).await?;
+        let others: Vec<&str> = batch
+            .iter()
+            .map(|e| e.jti.as_str())
+            .filter(|j| !created.contains(*j))
+            .collect();
+        // READ COMMITTED: the insert above waited for any concurrent writer of these jtis to
+        // finish, and this statement's snapshot sees what it committed.
+        let stored: HashMap<String, String> = if others.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT jti, content_hash FROM ects WHERE jti = ANY($1)",
+            )
+            .bind(&others)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let outcomes = match common::outcomes(batch, &created, &stored) {
+            Ok(o) => o,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        let derived = common::derive(batch, &created);
+        Self::record_derived(&mut tx, &derived, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
     async fn record_derived(
         tx: &mut PgConnection,
         derived: &common::Derived,
@@ -174,6 +222,14 @@ impl PgStore {
     }
 }
 
+/// PostgreSQL errors after which the whole transaction may simply run again: the lock order
+/// makes deadlocks between appends impossible, but a retry keeps any other writer's lock order
+/// from surfacing as an ingest error.
+fn is_transient(e: &sqlx::Error) -> bool {
+    let code = e.as_database_error().and_then(|d| d.code());
+    matches!(code.as_deref(), Some("40P01" | "40001"))
+}
+
 /// One column of the batch, as an array to bind.
 fn column<'a, T>(
     encoded: &'a [common::EncodedEct<'a>],
@@ -226,43 +282,17 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let encoded = common::encode_batch(batch)?;
-        let now = common::now();
-        let mut tx = self.pool.begin().await?;
-
-        let created = Self::insert_ects(&mut tx, &encoded, now).await?;
-        let others: Vec<&str> = batch
-            .iter()
-            .map(|e| e.jti.as_str())
-            .filter(|j| !created.contains(*j))
-            .collect();
-        // READ COMMITTED: the insert above waited for any concurrent writer of these jtis to
-        // finish, and this statement's snapshot sees what it committed.
-        let stored: HashMap<String, String> = if others.is_empty() {
-            HashMap::new()
-        } else {
-            sqlx::query_as::<_, (String, String)>(
-                "SELECT jti, content_hash FROM ects WHERE jti = ANY($1)",
-            )
-            .bind(&others)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect()
-        };
-        let outcomes = match common::outcomes(batch, &created, &stored) {
-            Ok(o) => o,
-            Err(e) => {
-                tx.rollback().await?;
-                return Err(e);
+        let mut attempt = 1;
+        loop {
+            match Self::append_once(&self.pool, batch).await {
+                Err(StoreError::Database(e)) if attempt < APPEND_ATTEMPTS && is_transient(&e) => {
+                    tracing::debug!(error = %e, attempt, "append retried");
+                    attempt += 1;
+                }
+                other => return other,
             }
-        };
-        let derived = common::derive(batch, &created);
-        Self::record_derived(&mut tx, &derived, now).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        }
     }
-
     async fn get_ect(&self, jti: &str) -> Result<Option<EctRecord>, StoreError> {
         let row: Option<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {ECT_COLUMNS} FROM ects WHERE jti = $1"
