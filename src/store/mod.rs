@@ -17,6 +17,7 @@ use crate::dag::DagNode;
 mod common;
 pub mod postgres;
 pub mod sqlite;
+mod tcp_nodelay;
 
 /// Page size of list endpoints when the client gives none.
 pub const DEFAULT_LIMIT: u32 = 100;

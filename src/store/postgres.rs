@@ -46,6 +46,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _meta| Box::pin(super::tcp_nodelay::apply(conn)))
             .connect(url)
             .await?;
         Ok(PgStore { pool })
