@@ -358,6 +358,9 @@ impl Store for PgStore {
         Ok(row.map(Into::into))
     }
 
+    /// Streams the rows (a workflow may have a million nodes): one query, no per-node lookups,
+    /// and `ext` (the large column) only where the graph needs it. 'checkpoint' is
+    /// `common::CHECKPOINT`.
     async fn workflow_nodes(&self, wid: &str) -> Result<Vec<DagNode>, StoreError> {
         let mut rows = sqlx::query_as::<_, DagNodeRow>(
             "SELECT jti, iss, exec_act, iat, parents::text AS parents, \
