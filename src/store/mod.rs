@@ -3,11 +3,41 @@
 //!
 //! The `ects` table is append-only: rows are inserted, never updated or deleted (PostgreSQL and
 //! SQLite both refuse UPDATE/DELETE with a trigger).
+//!
+//! [`connect`] picks the implementation from the URL scheme; the service calls
+//! [`Store::migrate`] at start and [`Store::ready`] for `/readyz`.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
+
+mod common;
+pub mod postgres;
+pub mod sqlite;
+mod tcp_nodelay;
+
+/// Page size of list endpoints when the client gives none.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size; larger requests are served this many items.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Opens the store named by `url`: `sqlite:` (the file and its directory are created when
+/// missing) or `postgres://` / `postgresql://`. Does not migrate.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database url scheme (expected sqlite: or postgres://): {}",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}
 
 /// A verified token ready to be appended.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +179,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_ect(&self, jti: &str) -> Result<Option<EctRecord>, StoreError>;
 
-    /// Tokens in ledger order (oldest first), filtered.
+    /// Tokens in ledger order (oldest first), filtered. `limit` is clamped to
+    /// `1..=`[`MAX_LIMIT`]; `cursor` is a `next_cursor` of an earlier page
+    /// ([`StoreError::BadCursor`] otherwise).
     async fn list_ects(
         &self,
         filter: &EctFilter,
@@ -174,7 +206,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of stored tokens.
     async fn count_ects(&self) -> Result<i64, StoreError>;
-}
-pub async fn connect(_url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    todo!()
 }

@@ -1,0 +1,379 @@
+//! SQLite implementation of [`Store`]: the embedded default, one file, nothing to install.
+//!
+//! SQLite allows one writer at a time. Rather than let several pooled connections race for the
+//! write lock (and fail with `SQLITE_BUSY` when a reader's transaction tries to upgrade), all
+//! writes go through a pool of exactly one connection, which serialises them in the process;
+//! reads use a separate pool and, thanks to WAL, never wait for the writer.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::common::{self, AppliedRow, DagNodeRow, EctRow, MetaRow, WorkflowRow};
+use super::{
+    Backend, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page, Store, StoreError,
+    WorkflowSummary,
+};
+use crate::dag::DagNode;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row statement: 15 binds a row keeps a chunk far below SQLite's bind limit.
+const CHUNK: usize = 500;
+/// Readers; WAL lets them run beside the single writer.
+const READERS: u32 = 4;
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ECT_COLUMNS: &str = "seq, jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, ext, \
+     claims, token, kid, content_hash, received_at";
+
+const WORKFLOW_COLUMNS: &str = "w.seq, w.wid, w.nodes, w.checkpoints, w.first_seen, \
+     w.last_seen, (SELECT count(*) FROM workflow_agents a WHERE a.wid = w.wid) AS agents";
+
+/// The ledger in a SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: every write transaction runs here, one after the other.
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file of a `sqlite:` URL and its directory.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Durable at every checkpoint; a power loss may lose the last transactions but never
+            // corrupts the file (the usual choice with WAL).
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+
+        let file = options.get_filename();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Config(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+
+        // The writer is opened first: it creates the file and switches it to WAL before any
+        // reader connects. It never idles out, which also keeps `sqlite::memory:` alive.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// The single-connection pool all writes go through (for modules with their own tables).
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The pool for reads.
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    async fn insert_ects(
+        tx: &mut sqlx::SqliteConnection,
+        encoded: &[common::EncodedEct<'_>],
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut created = HashSet::with_capacity(encoded.len());
+        for chunk in encoded.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO ects (jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, \
+                 ext, claims, token, kid, content_hash, received_at) ",
+            );
+            qb.push_values(chunk, |mut row, e| {
+                row.push_bind(&e.ect.jti)
+                    .push_bind(&e.ect.wid)
+                    .push_bind(&e.ect.iss)
+                    .push_bind(&e.ect.sub)
+                    .push_bind(&e.ect.exec_act)
+                    .push_bind(&e.parents)
+                    .push_bind(e.ect.iat)
+                    .push_bind(e.ect.exp)
+                    .push_bind(&e.ect.out_hash)
+                    .push_bind(&e.ext)
+                    .push_bind(&e.claims)
+                    .push_bind(&e.ect.token)
+                    .push_bind(&e.ect.kid)
+                    .push_bind(&e.ect.content_hash)
+                    .push_bind(received_at);
+            });
+            qb.push(" ON CONFLICT (jti) DO NOTHING RETURNING jti");
+            let mut rows = qb.build_query_scalar::<String>().fetch(&mut *tx);
+            while let Some(jti) = rows.try_next().await? {
+                created.insert(jti);
+            }
+        }
+        Ok(created)
+    }
+
+    async fn stored_hashes(
+        tx: &mut sqlx::SqliteConnection,
+        jtis: &[&str],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        let mut stored = HashMap::with_capacity(jtis.len());
+        for chunk in jtis.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT jti, content_hash FROM ects WHERE jti IN (");
+            let mut list = qb.separated(", ");
+            for jti in chunk {
+                list.push_bind(*jti);
+            }
+            qb.push(")");
+            let rows: Vec<(String, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            stored.extend(rows);
+        }
+        Ok(stored)
+    }
+
+    async fn record_derived(
+        tx: &mut sqlx::SqliteConnection,
+        derived: &common::Derived,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        for chunk in derived.edges.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO ect_edges (parent, child, wid) ");
+            qb.push_values(chunk, |mut row, (parent, child, wid)| {
+                row.push_bind(parent).push_bind(child).push_bind(wid);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        let workflows: Vec<_> = derived.workflows.iter().collect();
+        for chunk in workflows.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO workflows (wid, first_seen, last_seen, nodes, checkpoints) ",
+            );
+            qb.push_values(chunk, |mut row, (wid, (nodes, checkpoints))| {
+                row.push_bind(*wid)
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(*nodes)
+                    .push_bind(*checkpoints);
+            });
+            qb.push(
+                " ON CONFLICT (wid) DO UPDATE SET last_seen = excluded.last_seen, \
+                 nodes = workflows.nodes + excluded.nodes, \
+                 checkpoints = workflows.checkpoints + excluded.checkpoints",
+            );
+            qb.build().execute(&mut *tx).await?;
+        }
+        let agents: Vec<_> = derived.agents.iter().collect();
+        for chunk in agents.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO workflow_agents (wid, iss) ");
+            qb.push_values(chunk, |mut row, (wid, iss)| {
+                row.push_bind(wid).push_bind(iss);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        let has_table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        if has_table == 0 {
+            return Err(StoreError::NotMigrated("no migration applied".into()));
+        }
+        let applied: Vec<AppliedRow> =
+            sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations")
+                .fetch_all(&self.reader)
+                .await?;
+        common::check_applied(&MIGRATOR, &applied)
+    }
+
+    async fn find_meta(&self, jtis: &[String]) -> Result<Vec<EctMeta>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in jtis.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT jti, wid, iat, content_hash FROM ects WHERE jti IN (",
+            );
+            let mut list = qb.separated(", ");
+            for jti in chunk {
+                list.push_bind(jti);
+            }
+            qb.push(")");
+            let rows: Vec<MetaRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+            found.extend(rows.into_iter().map(EctMeta::from));
+        }
+        Ok(found)
+    }
+
+    async fn append(&self, batch: &[NewEct]) -> Result<Vec<InsertOutcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = common::encode_batch(batch)?;
+        let now = common::now();
+        // IMMEDIATE takes the write lock up front, so another process writing the same file
+        // makes us wait (busy timeout) instead of failing half-way through.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+
+        let created = Self::insert_ects(&mut tx, &encoded, now).await?;
+        let others: Vec<&str> = batch
+            .iter()
+            .map(|e| e.jti.as_str())
+            .filter(|j| !created.contains(*j))
+            .collect();
+        let stored = Self::stored_hashes(&mut tx, &others).await?;
+        let outcomes = match common::outcomes(batch, &created, &stored) {
+            Ok(o) => o,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        let derived = common::derive(batch, &created);
+        Self::record_derived(&mut tx, &derived, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn get_ect(&self, jti: &str) -> Result<Option<EctRecord>, StoreError> {
+        let row: Option<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ECT_COLUMNS} FROM ects WHERE jti = ?"
+        )))
+        .bind(jti)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(EctRow::into_record).transpose()
+    }
+
+    async fn list_ects(
+        &self,
+        filter: &EctFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<EctRecord>, StoreError> {
+        let after = cursor.map(common::decode_cursor).transpose()?;
+        let limit = common::page_size(limit);
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {ECT_COLUMNS} FROM ects WHERE 1 = 1"));
+        if let Some(wid) = &filter.wid {
+            qb.push(" AND wid = ").push_bind(wid);
+        }
+        if let Some(exec_act) = &filter.exec_act {
+            qb.push(" AND exec_act = ").push_bind(exec_act);
+        }
+        if let Some(iss) = &filter.iss {
+            qb.push(" AND iss = ").push_bind(iss);
+        }
+        if let Some(after) = after {
+            qb.push(" AND seq > ").push_bind(after);
+        }
+        qb.push(" ORDER BY seq LIMIT ").push_bind(limit + 1);
+        let rows: Vec<EctRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+        common::into_page(rows, limit, |r| r.seq, EctRow::into_record)
+    }
+
+    async fn list_workflows(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<WorkflowSummary>, StoreError> {
+        let after = cursor.map(common::decode_cursor).transpose()?.unwrap_or(0);
+        let limit = common::page_size(limit);
+        let rows: Vec<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.seq > ? ORDER BY w.seq LIMIT ?"
+        )))
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        common::into_page(rows, limit, |r| r.seq, |r| Ok(r.into()))
+    }
+
+    async fn get_workflow(&self, wid: &str) -> Result<Option<WorkflowSummary>, StoreError> {
+        let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.wid = ?"
+        )))
+        .bind(wid)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Streams the rows (a workflow may have a million nodes): one query, no per-node lookups,
+    /// and `ext` (the large column) only where the graph needs it. 'checkpoint' is
+    /// `common::CHECKPOINT`.
+    async fn workflow_nodes(&self, wid: &str) -> Result<Vec<DagNode>, StoreError> {
+        self.nodes_of(Some(wid)).await
+    }
+
+    async fn unscoped_nodes(&self) -> Result<Vec<DagNode>, StoreError> {
+        self.nodes_of(None).await
+    }
+
+    async fn count_ects(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM ects")
+            .fetch_one(&self.reader)
+            .await?)
+    }
+}
+
+impl SqliteStore {
+    /// The DAG nodes of one workflow, or of the tokens without one (`wid` = `None`), streamed in
+    /// ledger order; `ext` only for checkpoints, the only nodes whose `ext` the graph reads.
+    async fn nodes_of(&self, wid: Option<&str>) -> Result<Vec<DagNode>, StoreError> {
+        let filter = if wid.is_some() {
+            "wid = ?"
+        } else {
+            "wid IS NULL"
+        };
+        let sql = format!(
+            "SELECT jti, iss, exec_act, iat, parents, \
+             CASE WHEN exec_act = 'checkpoint' THEN ext END AS ext \
+             FROM ects WHERE {filter} ORDER BY seq"
+        );
+        let mut query = sqlx::query_as::<_, DagNodeRow>(sqlx::AssertSqlSafe(sql));
+        if let Some(wid) = wid {
+            query = query.bind(wid.to_string());
+        }
+        let mut rows = query.fetch(&self.reader);
+        let mut nodes = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            nodes.push(row.into_node()?);
+        }
+        Ok(nodes)
+    }
+}
