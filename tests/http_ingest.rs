@@ -358,7 +358,7 @@ async fn every_refusal_has_its_status_and_code_and_stores_nothing() {
                 assert_eq!(status, 404, "{context}: {jti} is readable");
             }
             // The same token inside a batch is refused with the same code, alone.
-            let r = s.post_batch(&[case.token.clone()]).await;
+            let r = s.post_batch(std::slice::from_ref(&case.token)).await;
             assert_eq!(r.status(), 200, "{context}: batch");
             let body: Value = r.json().await.unwrap();
             assert_eq!(
