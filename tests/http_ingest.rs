@@ -184,6 +184,15 @@ async fn every_refusal_has_its_status_and_code_and_stores_nothing() {
                 jti: Some("c-noaud".into()),
             },
             Case {
+                name: "a NUL character in a claim (PostgreSQL cannot store it)",
+                token: with("c-nul", &|c| {
+                    c.insert("ext".into(), json!({"note": "a\u{0}b"}));
+                }),
+                status: 422,
+                code: "invalid_claims",
+                jti: Some("c-nul".into()),
+            },
+            Case {
                 name: "unknown parent",
                 token: with("c-orphan", &|c| {
                     c.insert("par".into(), json!(["never-seen"]));

@@ -158,6 +158,12 @@ pub fn normalise(
     claims: Map<String, Value>,
     max_parents: usize,
 ) -> Result<VerifiedEct, Rejection> {
+    if claims.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        // Text with U+0000 cannot be stored faithfully (PostgreSQL refuses it in text and JSON).
+        return Err(invalid_claims(
+            "claims must not contain the character U+0000",
+        ));
+    }
     let iss = required_string(&claims, "iss")?;
     if iss.is_empty() {
         return Err(invalid_claims("iss must not be empty"));
@@ -606,5 +612,15 @@ mod tests {
             "x",
             &obj(json!({"pol_decision": "approved"}))
         ));
+    }
+}
+
+/// True when a string anywhere in `v` (keys included) contains U+0000.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
