@@ -462,6 +462,16 @@ fn check_cascade_types(ext: &Map<String, Value>, is_checkpoint: bool) -> Result<
     Ok(())
 }
 
+/// True when a string anywhere in `v` (keys included) contains U+0000.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,12 +625,3 @@ mod tests {
     }
 }
 
-/// True when a string anywhere in `v` (keys included) contains U+0000.
-fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
