@@ -152,6 +152,14 @@ async fn ingest_on(
         .pool_max_idle_per_host(args.clients * 2)
         .build()
         .map_err(failed)?;
+    // Latency first, on a quiet service: the batch phase leaves the database with background
+    // work (WAL checkpoints, autovacuum) that would be measured instead.
+    let single = if args.seconds > 0 && args.rate > 0 {
+        eprintln!("single tokens at {}/s for {} s…", args.rate, args.seconds);
+        Some(single_latency(&client, &base, key.clone(), args.rate, args.seconds).await?)
+    } else {
+        None
+    };
     eprintln!(
         "ingesting in batches of {} with {} clients…",
         args.batch, args.clients
@@ -200,12 +208,6 @@ async fn ingest_on(
     let elapsed = started.elapsed();
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
 
-    let single = if args.seconds > 0 && args.rate > 0 {
-        eprintln!("single tokens at {}/s for {} s…", args.rate, args.seconds);
-        Some(single_latency(&client, &base, key.clone(), args.rate, args.seconds).await?)
-    } else {
-        None
-    };
     server.abort();
 
     let cores = std::thread::available_parallelism()
