@@ -18,7 +18,7 @@ pub enum KeysCommand {
     ///
     /// Example: unwind keys generate --alg ES256 --out agent.jwk --jwks agent.jwks.json
     Generate {
-        #[arg(long, value_enum, default_value = "es256")]
+        #[arg(long, value_enum, ignore_case = true, default_value = "es256")]
         alg: AlgArg,
         /// Where to write the private JWK (must not exist).
         #[arg(long)]
