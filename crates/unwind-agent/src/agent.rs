@@ -508,10 +508,10 @@ impl Agent {
                 truncate_id(&ect.exec_act)
             ));
         }
-        if let (Some(expected), Some(named)) = (rollback_id, ect.ext.get("cascade.rollback_id")) {
-            if named.as_str() != Some(expected) {
-                return Err("cascade.rollback_id does not match the request".into());
-            }
+        if let (Some(expected), Some(named)) = (rollback_id, ect.ext.get("cascade.rollback_id"))
+            && named.as_str() != Some(expected)
+        {
+            return Err("cascade.rollback_id does not match the request".into());
         }
         Ok(ect)
     }

@@ -31,7 +31,10 @@ async fn prepare_execute_happy_path_and_answer_shapes() {
     assert_eq!(ect.jti, cp.jti);
     assert_eq!(ect.iss, AGENT);
     assert!(ect.claims.contains_key("par"));
-    assert_eq!(ect.out_hash.as_deref(), Some(unwind_agent::out_hash(SNAPSHOT).as_str()));
+    assert_eq!(
+        ect.out_hash.as_deref(),
+        Some(unwind_agent::out_hash(SNAPSHOT).as_str())
+    );
     assert_eq!(ect.ext["cascade.reversible"], json!(true));
     assert_eq!(ect.ext["cascade.rollback_uri"], json!(URI));
     assert_eq!(ect.ext["cascade.ttl"], json!(3600));
@@ -63,7 +66,12 @@ async fn prepare_execute_happy_path_and_answer_shapes() {
     assert_eq!(handler.restores.load(Ordering::SeqCst), 1);
 
     // Probe: the checkpoint ECT and its verification status.
-    let (status, body) = get(&base, &format!("/.well-known/cascade/checkpoints/{}", cp.jti), Some(&ec)).await;
+    let (status, body) = get(
+        &base,
+        &format!("/.well-known/cascade/checkpoints/{}", cp.jti),
+        Some(&ec),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"checkpoint": token, "verified": true}));
 }
@@ -73,7 +81,10 @@ async fn same_rollback_id_sequential_runs_the_hook_once() {
     let fx = Fixture::new();
     let handler = Arc::new(CountingHandler::default());
     let agent = fx.agent(fx.store().await, handler.clone());
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     let (base, _server) = serve(agent.router()).await;
     let rid = rollback_id();
     let ec = fx.rollback_start(&rid);
@@ -93,7 +104,13 @@ async fn same_rollback_id_sequential_runs_the_hook_once() {
 
     // Another rollback of the same checkpoint is a new request.
     let rid2 = rollback_id();
-    let (s3, e3) = post(&base, EXECUTE, Some(&fx.rollback_start(&rid2)), execute_body(&rid2, &cp.jti)).await;
+    let (s3, e3) = post(
+        &base,
+        EXECUTE,
+        Some(&fx.rollback_start(&rid2)),
+        execute_body(&rid2, &cp.jti),
+    )
+    .await;
     assert_eq!(s3, 200);
     assert_ne!(e3["ect"], e1["ect"]);
     assert_eq!(handler.restores.load(Ordering::SeqCst), 2);
@@ -107,7 +124,10 @@ async fn same_rollback_id_concurrent_runs_the_hook_once() {
         ..Default::default()
     });
     let agent = fx.agent(fx.store().await, handler.clone());
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     let (base, _server) = serve(agent.router()).await;
     let rid = rollback_id();
     let ec = fx.rollback_start(&rid);
@@ -134,7 +154,10 @@ async fn same_rollback_id_across_a_restart_runs_the_hook_once() {
     let first = Arc::new(CountingHandler::default());
     let store = fx.store().await;
     let agent = fx.agent(store.clone(), first.clone());
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     let (base, server) = serve(agent.router()).await;
     let (_, prepared) = post(&base, PREPARE, Some(&ec), prepare_body(&rid, &cp.jti)).await;
     let (_, executed) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, &cp.jti)).await;
@@ -149,7 +172,8 @@ async fn same_rollback_id_across_a_restart_runs_the_hook_once() {
     let agent = fx.agent(fx.store().await, second.clone());
     let (base, _server) = serve(agent.router()).await;
     let (_, prepared_again) = post(&base, PREPARE, Some(&ec), prepare_body(&rid, &cp.jti)).await;
-    let (status, executed_again) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, &cp.jti)).await;
+    let (status, executed_again) =
+        post(&base, EXECUTE, Some(&ec), execute_body(&rid, &cp.jti)).await;
     assert_eq!(status, 200);
     assert_eq!(prepared, prepared_again);
     assert_eq!(executed, executed_again);
@@ -164,7 +188,10 @@ async fn execute_interrupted_by_a_restart_is_escalated_not_rerun() {
     let ec = fx.rollback_start(&rid);
     let store = fx.store().await;
     let agent = fx.agent(store.clone(), Arc::new(CountingHandler::default()));
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     // A process claimed the execute and stopped before answering.
     let key = unwind_agent::store::AnswerKey {
         rollback_id: rid.clone(),
@@ -190,8 +217,19 @@ async fn execute_interrupted_by_a_restart_is_escalated_not_rerun() {
 }
 
 /// Checks a 401 answer: problem body, and for prepare/execute an error ECT signed by the agent.
-async fn assert_refused(fx: &Fixture, base: &str, path: &str, ec: Option<&str>, rid: &str, cp: &str) {
-    let body = if path == PREPARE { prepare_body(rid, cp) } else { execute_body(rid, cp) };
+async fn assert_refused(
+    fx: &Fixture,
+    base: &str,
+    path: &str,
+    ec: Option<&str>,
+    rid: &str,
+    cp: &str,
+) {
+    let body = if path == PREPARE {
+        prepare_body(rid, cp)
+    } else {
+        execute_body(rid, cp)
+    };
     let (status, body) = post(base, path, ec, body).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["code"], "unauthenticated");
@@ -200,7 +238,12 @@ async fn assert_refused(fx: &Fixture, base: &str, path: &str, ec: Option<&str>, 
     assert_eq!(ect.iss, AGENT);
     assert_eq!(ect.exec_act, "rollback_verification_failed");
     assert_eq!(ect.ext["cascade.error"], json!(true));
-    assert!(ect.ext["cascade.reason"].as_str().unwrap().starts_with("execution_context"));
+    assert!(
+        ect.ext["cascade.reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("execution_context")
+    );
     assert_eq!(ect.ext["cascade.rollback_id"], json!(rid));
     assert!(ect.is_error());
 }
@@ -210,7 +253,10 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
     let fx = Fixture::new();
     let handler = Arc::new(CountingHandler::default());
     let agent = fx.agent(fx.store().await, handler.clone());
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     let (base, _server) = serve(agent.router()).await;
     let rid = rollback_id();
     let forger = key();
@@ -220,11 +266,50 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
         ("garbage", Some("not-a-token".into())),
         // Signed by a key the agent does not trust, claiming to be the coordinator.
         ("forged", Some(rollback_start(&forger, &rid))),
-        ("wrong audience", Some(rollback_start_with(&fx.coord, COORDINATOR, &[COORDINATOR, "spiffe://example.com/agent/other"], &rid, json!({})))),
-        ("wrong issuer", Some(rollback_start_with(&fx.coord, "spiffe://evil.example/coordinator", &[AGENT], &rid, json!({})))),
-        ("other rollback", Some(rollback_start(&fx.coord, &rollback_id()))),
-        ("not a rollback_start", Some(rollback_start_with(&fx.coord, COORDINATOR, &[AGENT], &rid, json!({"exec_act": "tool_call"})))),
-        ("expired", Some(rollback_start_with(&fx.coord, COORDINATOR, &[AGENT], &rid, json!({"iat": now_unix() - 7200, "exp": now_unix() - 3600})))),
+        (
+            "wrong audience",
+            Some(rollback_start_with(
+                &fx.coord,
+                COORDINATOR,
+                &[COORDINATOR, "spiffe://example.com/agent/other"],
+                &rid,
+                json!({}),
+            )),
+        ),
+        (
+            "wrong issuer",
+            Some(rollback_start_with(
+                &fx.coord,
+                "spiffe://evil.example/coordinator",
+                &[AGENT],
+                &rid,
+                json!({}),
+            )),
+        ),
+        (
+            "other rollback",
+            Some(rollback_start(&fx.coord, &rollback_id())),
+        ),
+        (
+            "not a rollback_start",
+            Some(rollback_start_with(
+                &fx.coord,
+                COORDINATOR,
+                &[AGENT],
+                &rid,
+                json!({"exec_act": "tool_call"}),
+            )),
+        ),
+        (
+            "expired",
+            Some(rollback_start_with(
+                &fx.coord,
+                COORDINATOR,
+                &[AGENT],
+                &rid,
+                json!({"iat": now_unix() - 7200, "exp": now_unix() - 3600}),
+            )),
+        ),
     ];
     for (name, ec) in &cases {
         for path in [PREPARE, EXECUTE] {
@@ -233,7 +318,12 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
         }
         // Probes only for the trusted coordinator (no ECT needed there); any verifying
         // coordinator token addressed to the agent will do.
-        let (status, body) = get(&base, &format!("/.well-known/cascade/checkpoints/{}", cp.jti), ec.as_deref()).await;
+        let (status, body) = get(
+            &base,
+            &format!("/.well-known/cascade/checkpoints/{}", cp.jti),
+            ec.as_deref(),
+        )
+        .await;
         let probe_ok = matches!(*name, "other rollback" | "not a rollback_start");
         assert_eq!(status, if probe_ok { 200 } else { 401 }, "{name}: {body}");
     }
@@ -241,7 +331,13 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
     assert_eq!(handler.prepares.load(Ordering::SeqCst), 0);
 
     // Nothing was stored: the real coordinator's request still runs.
-    let (status, body) = post(&base, EXECUTE, Some(&fx.rollback_start(&rid)), execute_body(&rid, &cp.jti)).await;
+    let (status, body) = post(
+        &base,
+        EXECUTE,
+        Some(&fx.rollback_start(&rid)),
+        execute_body(&rid, &cp.jti),
+    )
+    .await;
     assert_eq!((status, body["status"].clone()), (200, json!("completed")));
 }
 
@@ -263,7 +359,12 @@ async fn unknown_or_foreign_checkpoint_is_404() {
         assert_eq!(body["code"], "not_found");
         let (status, _) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, cp)).await;
         assert_eq!(status, 404);
-        let (status, _) = get(&base, &format!("/.well-known/cascade/checkpoints/{cp}"), Some(&ec)).await;
+        let (status, _) = get(
+            &base,
+            &format!("/.well-known/cascade/checkpoints/{cp}"),
+            Some(&ec),
+        )
+        .await;
         assert_eq!(status, 404);
     }
 }
@@ -272,16 +373,31 @@ async fn unknown_or_foreign_checkpoint_is_404() {
 async fn malformed_body_is_400_and_wrong_workflow_is_403() {
     let fx = Fixture::new();
     let agent = fx.agent(fx.store().await, Arc::new(CountingHandler::default()));
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     let (base, _server) = serve(agent.router()).await;
     let rid = rollback_id();
     let ec = fx.rollback_start(&rid);
-    let (status, _) = post(&base, EXECUTE, Some(&ec), json!({"rollback_id": rid, "checkpoint_id": cp.jti, "phase": "prepare"})).await;
+    let (status, _) = post(
+        &base,
+        EXECUTE,
+        Some(&ec),
+        json!({"rollback_id": rid, "checkpoint_id": cp.jti, "phase": "prepare"}),
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, _) = post(&base, PREPARE, Some(&ec), json!({"rollback_id": rid})).await;
     assert_eq!(status, 400);
 
-    let other_wf = rollback_start_with(&fx.coord, COORDINATOR, &[AGENT], &rid, json!({"wid": "another-workflow"}));
+    let other_wf = rollback_start_with(
+        &fx.coord,
+        COORDINATOR,
+        &[AGENT],
+        &rid,
+        json!({"wid": "another-workflow"}),
+    );
     let (status, body) = post(&base, PREPARE, Some(&other_wf), prepare_body(&rid, &cp.jti)).await;
     assert_eq!(status, 403, "{body}");
 }
@@ -292,9 +408,15 @@ async fn expired_and_irreversible_cannot_prepare() {
     let handler = Arc::new(CountingHandler::default());
     let store = fx.store().await;
     let agent = fx.agent(store.clone(), handler.clone());
-    let (irreversible, _) = agent.checkpoint(SNAPSHOT, 3600, None, false, WID, &[], None).await.unwrap();
+    let (irreversible, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, false, WID, &[], None)
+        .await
+        .unwrap();
     // Recorded an hour ago with a one-minute TTL (recording now would purge it at once).
-    let expired = store.record_at(SNAPSHOT, 60, None, true, now_unix() - 3600).await.unwrap();
+    let expired = store
+        .record_at(SNAPSHOT, 60, None, true, now_unix() - 3600)
+        .await
+        .unwrap();
     let (base, _server) = serve(agent.router()).await;
     let rid = rollback_id();
     let ec = fx.rollback_start(&rid);
@@ -306,14 +428,29 @@ async fn expired_and_irreversible_cannot_prepare() {
     let ect = verify(&fx.agent_verifier(), body["ect"].as_str().unwrap()).await;
     assert_eq!(ect.ext["cascade.error"], json!(true));
 
-    let (status, body) = post(&base, PREPARE, Some(&ec), prepare_body(&rid, &irreversible.jti)).await;
+    let (status, body) = post(
+        &base,
+        PREPARE,
+        Some(&ec),
+        prepare_body(&rid, &irreversible.jti),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"status": "cannot_prepare", "reason": "irreversible"}));
+    assert_eq!(
+        body,
+        json!({"status": "cannot_prepare", "reason": "irreversible"})
+    );
 
     // Execute anyway: nothing is restored.
     let (_, body) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, &expired.jti)).await;
     assert_eq!(body["status"], "failed");
-    let (_, body) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, &irreversible.jti)).await;
+    let (_, body) = post(
+        &base,
+        EXECUTE,
+        Some(&ec),
+        execute_body(&rid, &irreversible.jti),
+    )
+    .await;
     assert_eq!(body["status"], "escalated");
     assert_eq!(handler.restores.load(Ordering::SeqCst), 0);
     assert_eq!(handler.prepares.load(Ordering::SeqCst), 0);
@@ -338,13 +475,22 @@ async fn tamper(fx: &Fixture, sql: &str, jti: &str) {
 #[tokio::test]
 async fn tampered_snapshot_is_never_restored() {
     for (what, sql) in [
-        ("ciphertext", "UPDATE checkpoints SET ciphertext = CAST(zeroblob(length(ciphertext)) AS BLOB) WHERE jti = ?"),
-        ("out_hash", "UPDATE checkpoints SET out_hash = 'n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg' WHERE jti = ?"),
+        (
+            "ciphertext",
+            "UPDATE checkpoints SET ciphertext = CAST(zeroblob(length(ciphertext)) AS BLOB) WHERE jti = ?",
+        ),
+        (
+            "out_hash",
+            "UPDATE checkpoints SET out_hash = 'n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg' WHERE jti = ?",
+        ),
     ] {
         let fx = Fixture::new();
         let handler = Arc::new(CountingHandler::default());
         let agent = fx.agent(fx.store().await, handler.clone());
-        let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+        let (cp, _) = agent
+            .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+            .await
+            .unwrap();
         tamper(&fx, sql, &cp.jti).await;
         let (base, _server) = serve(agent.router()).await;
         let rid = rollback_id();
@@ -361,10 +507,24 @@ async fn tampered_snapshot_is_never_restored() {
         assert_eq!(body["status"], "failed", "{what}");
         let ect = verify(&fx.agent_verifier(), body["ect"].as_str().unwrap()).await;
         assert_eq!(ect.exec_act, "rollback_verification_failed");
-        assert!(ect.ext["cascade.reason"].as_str().unwrap().starts_with("checkpoint_integrity"));
-        assert_eq!(handler.restores.load(Ordering::SeqCst), 0, "{what}: nothing restored");
+        assert!(
+            ect.ext["cascade.reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("checkpoint_integrity")
+        );
+        assert_eq!(
+            handler.restores.load(Ordering::SeqCst),
+            0,
+            "{what}: nothing restored"
+        );
 
-        let (_, probe) = get(&base, &format!("/.well-known/cascade/checkpoints/{}", cp.jti), Some(&ec)).await;
+        let (_, probe) = get(
+            &base,
+            &format!("/.well-known/cascade/checkpoints/{}", cp.jti),
+            Some(&ec),
+        )
+        .await;
         assert_eq!(probe["verified"], Value::Bool(false), "{what}");
     }
 }
@@ -379,21 +539,34 @@ async fn compensation_returns_a_compensate_ect() {
             _ctx: &unwind_agent::CheckpointCtx,
             _snapshot: Vec<u8>,
         ) -> Result<unwind_agent::RestoreOutcome, unwind_agent::HandlerError> {
-            Err(unwind_agent::HandlerError::NotRestorable("external API call".into()))
+            Err(unwind_agent::HandlerError::NotRestorable(
+                "external API call".into(),
+            ))
         }
         async fn compensate(
             &self,
             _ctx: &unwind_agent::CheckpointCtx,
         ) -> Result<unwind_agent::RestoreOutcome, unwind_agent::HandlerError> {
-            Ok(unwind_agent::RestoreOutcome::new(unwind_agent::RollbackStatus::Compensated))
+            Ok(unwind_agent::RestoreOutcome::new(
+                unwind_agent::RollbackStatus::Compensated,
+            ))
         }
     }
     let fx = Fixture::new();
     let agent = fx.agent(fx.store().await, Arc::new(Compensating));
-    let (cp, _) = agent.checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI)).await.unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
     let (base, _server) = serve(agent.router()).await;
     let rid = rollback_id();
-    let (_, body) = post(&base, EXECUTE, Some(&fx.rollback_start(&rid)), execute_body(&rid, &cp.jti)).await;
+    let (_, body) = post(
+        &base,
+        EXECUTE,
+        Some(&fx.rollback_start(&rid)),
+        execute_body(&rid, &cp.jti),
+    )
+    .await;
     assert_eq!(body["status"], "compensated");
     let ect = verify(&fx.agent_verifier(), body["ect"].as_str().unwrap()).await;
     assert_eq!(ect.exec_act, "compensate");
@@ -401,7 +574,10 @@ async fn compensation_returns_a_compensate_ect() {
 }
 
 /// Joins futures without an extra dependency.
-async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+async fn futures_join_all<
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+>(
     futures: impl Iterator<Item = F>,
 ) -> Vec<T> {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use unwind::config::{TrustConfig, TrustIssuerConfig};
-use unwind::ect::{KeyAlg, Profile, SigningKey, TrustStore, Verifier, VerifiedEct, VerifyPolicy};
+use unwind::ect::{KeyAlg, Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
 use unwind_agent::store::now_unix;
 use unwind_agent::{
     Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, RestoreOutcome,
@@ -64,7 +64,13 @@ pub fn rollback_start_with(
 }
 
 pub fn rollback_start(coord: &SigningKey, rollback_id: &str) -> String {
-    rollback_start_with(coord, COORDINATOR, &[COORDINATOR, AGENT], rollback_id, json!({}))
+    rollback_start_with(
+        coord,
+        COORDINATOR,
+        &[COORDINATOR, AGENT],
+        rollback_id,
+        json!({}),
+    )
 }
 
 /// Counts restores; optionally slow, so concurrent duplicates overlap with it.
@@ -126,7 +132,10 @@ impl Fixture {
         Agent::builder()
             .id(AGENT)
             .signing_key(self.agent_key.clone())
-            .coordinator(COORDINATOR, CoordinatorKeys::Static(self.coord.public_jwks()))
+            .coordinator(
+                COORDINATOR,
+                CoordinatorKeys::Static(self.coord.public_jwks()),
+            )
             .store(store)
             .handler(handler)
             .build()
@@ -145,7 +154,11 @@ impl Fixture {
 
 pub fn agent_verifier(dir: &Path, agent_key: &SigningKey) -> Verifier {
     let path = dir.join(format!("agent-{}.jwks.json", agent_key.kid()));
-    std::fs::write(&path, serde_json::to_string(&agent_key.public_jwks()).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::to_string(&agent_key.public_jwks()).unwrap(),
+    )
+    .unwrap();
     let trust = TrustStore::from_config(&TrustConfig {
         issuers: vec![TrustIssuerConfig {
             id: AGENT.into(),
