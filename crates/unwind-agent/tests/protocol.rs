@@ -587,3 +587,52 @@ async fn futures_join_all<
     }
     out
 }
+
+#[tokio::test]
+async fn coordinator_keys_from_a_jwks_url() {
+    let fx = Fixture::new();
+    let jwks = serde_json::to_value(fx.coord.public_jwks()).unwrap();
+    let (jwks_base, _jwks_server) = serve(axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    ))
+    .await;
+    let handler = Arc::new(CountingHandler::default());
+    let agent = unwind_agent::Agent::builder()
+        .id(AGENT)
+        .signing_key(fx.agent_key.clone())
+        .coordinator(
+            COORDINATOR,
+            unwind_agent::CoordinatorKeys::Url(format!("{jwks_base}/.well-known/jwks.json")),
+        )
+        .store(fx.store().await)
+        .handler(handler.clone())
+        .build()
+        .unwrap();
+    let (cp, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
+    let (base, _server) = serve(agent.router()).await;
+    let rid = rollback_id();
+    let (status, body) = post(
+        &base,
+        PREPARE,
+        Some(&fx.rollback_start(&rid)),
+        prepare_body(&rid, &cp.jti),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"status": "prepared"})));
+    // A token of another key is still refused.
+    let (status, _) = post(
+        &base,
+        PREPARE,
+        Some(&rollback_start(&key(), &rid)),
+        prepare_body(&rid, &cp.jti),
+    )
+    .await;
+    assert_eq!(status, 401);
+}
