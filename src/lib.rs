@@ -11,5 +11,6 @@ pub mod config;
 pub mod dag;
 pub mod ect;
 pub mod ledger;
+pub mod rollback;
 pub mod service;
 pub mod store;
