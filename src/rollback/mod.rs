@@ -5,6 +5,4 @@
 
 pub mod planner;
 
-pub use planner::{
-    Plan, PlanError, PlannedStep, Scope, Target, nearest_checkpoint, plan,
-};
+pub use planner::{Plan, PlanError, PlannedStep, Scope, Target, nearest_checkpoint, plan};
