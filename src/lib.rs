@@ -2,7 +2,8 @@
 //!
 //! Agents record what they did as Execution Context Tokens (ECTs, signed JWTs whose parent
 //! lists form a DAG). Unwind verifies and appends them to a ledger ([`ledger`], [`store`]),
-//! answers questions about their DAG ([`dag`]) and serves all of it over HTTP ([`api`]).
+//! answers questions about their DAG ([`dag`]), plans rollbacks over it ([`rollback`]) and
+//! serves all of it over HTTP ([`api`]).
 //! See `docs/architecture.md` for the map of modules and what may call what.
 
 pub mod api;
@@ -11,5 +12,6 @@ pub mod config;
 pub mod dag;
 pub mod ect;
 pub mod ledger;
+pub mod rollback;
 pub mod service;
 pub mod store;

@@ -1,0 +1,8 @@
+//! Rollbacks: which checkpoints a rollback calls and in what order (design.md §5, §6).
+//!
+//! - [`planner`]: pure planning over a [`crate::dag::WorkflowGraph`]: the checkpoint a trigger
+//!   resolves to, the steps of a scope, their ranks, dependencies and critical path.
+
+pub mod planner;
+
+pub use planner::{Plan, PlanError, PlannedStep, Scope, Target, nearest_checkpoint, plan};
