@@ -296,7 +296,6 @@ pub fn new_ect(e: &VerifiedEct) -> NewEct {
         exp: e.exp,
         out_hash: e.out_hash.clone(),
         ext: e.ext.clone(),
-        claims: e.claims.clone(),
         token: e.token.clone(),
         kid: e.header.kid.clone(),
         content_hash: e.content_hash.clone(),

@@ -14,7 +14,6 @@ CREATE TABLE ects (
     exp          BIGINT NOT NULL,
     out_hash     TEXT,
     ext          JSONB NOT NULL,
-    claims       JSONB NOT NULL,
     -- The compact JWS as received; the signed bytes are the evidence.
     token        TEXT NOT NULL,
     kid          TEXT NOT NULL,

@@ -15,7 +15,6 @@ CREATE TABLE ects (
     exp          BIGINT NOT NULL,
     out_hash     TEXT,
     ext          TEXT NOT NULL,
-    claims       TEXT NOT NULL,
     -- The compact JWS as received; the signed bytes are the evidence.
     token        TEXT NOT NULL,
     kid          TEXT NOT NULL,

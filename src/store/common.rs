@@ -96,7 +96,6 @@ pub(crate) struct EctRow {
     pub exp: i64,
     pub out_hash: Option<String>,
     pub ext: String,
-    pub claims: String,
     pub token: String,
     pub kid: String,
     pub content_hash: String,
@@ -107,7 +106,16 @@ impl EctRow {
     pub(crate) fn into_record(self) -> Result<EctRecord, StoreError> {
         let parents = parse_parents(&self.jti, &self.parents)?;
         let ext = parse_object("ext", &self.jti, &self.ext)?;
-        let claims = parse_object("claims", &self.jti, &self.claims)?;
+        // The claims are the token's payload: stored once, as the signed bytes.
+        let claims = match crate::ect::jws::decode_unverified(&self.token) {
+            Ok((_, serde_json::Value::Object(claims))) => claims,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: stored token does not decode",
+                    self.jti
+                )));
+            }
+        };
         Ok(EctRecord {
             seq: self.seq,
             jti: self.jti,
@@ -206,7 +214,6 @@ pub(crate) struct EncodedEct<'a> {
     pub ect: &'a NewEct,
     pub parents: String,
     pub ext: String,
-    pub claims: String,
 }
 
 pub(crate) fn encode_batch(batch: &[NewEct]) -> Result<Vec<EncodedEct<'_>>, StoreError> {
@@ -217,7 +224,6 @@ pub(crate) fn encode_batch(batch: &[NewEct]) -> Result<Vec<EncodedEct<'_>>, Stor
                 ect,
                 parents: to_json(&ect.parents)?,
                 ext: to_json(&ect.ext)?,
-                claims: to_json(&ect.claims)?,
             })
         })
         .collect()

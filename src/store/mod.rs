@@ -52,9 +52,7 @@ pub struct NewEct {
     pub exp: i64,
     pub out_hash: Option<String>,
     pub ext: Map<String, Value>,
-    /// The claims as signed.
-    pub claims: Map<String, Value>,
-    /// The compact JWS as received.
+    /// The compact JWS as received; its payload is the claims as signed (read back from it).
     pub token: String,
     pub kid: String,
     /// Lowercase hex SHA-256 of `token`.

@@ -28,7 +28,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const APPEND_ATTEMPTS: u32 = 3;
 
 const ECT_COLUMNS: &str = "seq, jti, wid, iss, sub, exec_act, parents::text AS parents, iat, \
-     exp, out_hash, ext::text AS ext, claims::text AS claims, token, kid, content_hash, \
+     exp, out_hash, ext::text AS ext, token, kid, content_hash, \
      received_at";
 
 const WORKFLOW_COLUMNS: &str = "w.seq, w.wid, w.nodes, w.checkpoints, w.first_seen, \
@@ -79,14 +79,14 @@ impl PgStore {
 
         let created: Vec<String> = sqlx::query_scalar(
             "INSERT INTO ects (seq, jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, \
-             ext, claims, token, kid, content_hash, received_at) OVERRIDING SYSTEM VALUE \
+             ext, token, kid, content_hash, received_at) OVERRIDING SYSTEM VALUE \
              SELECT seq, jti, wid, iss, sub, exec_act, parents::jsonb, iat, exp, out_hash, \
-             ext::jsonb, claims::jsonb, token, kid, content_hash, $16 \
+             ext::jsonb, token, kid, content_hash, $15 \
              FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::int8[], $9::int8[], $10::text[], $11::text[], \
-             $12::text[], $13::text[], $14::text[], $15::text[]) \
-             AS u(seq, jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, ext, claims, \
-             token, kid, content_hash) \
+             $12::text[], $13::text[], $14::text[]) \
+             AS u(seq, jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, ext, token, \
+             kid, content_hash) \
              ORDER BY jti \
              ON CONFLICT (jti) DO NOTHING RETURNING jti",
         )
@@ -101,7 +101,6 @@ impl PgStore {
         .bind(column(encoded, |e| e.ect.exp))
         .bind(column(encoded, |e| e.ect.out_hash.as_deref()))
         .bind(column(encoded, |e| e.ext.as_str()))
-        .bind(column(encoded, |e| e.claims.as_str()))
         .bind(column(encoded, |e| e.ect.token.as_str()))
         .bind(column(encoded, |e| e.ect.kid.as_str()))
         .bind(column(encoded, |e| e.ect.content_hash.as_str()))

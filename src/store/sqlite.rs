@@ -33,7 +33,7 @@ const READERS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ECT_COLUMNS: &str = "seq, jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, ext, \
-     claims, token, kid, content_hash, received_at";
+     token, kid, content_hash, received_at";
 
 const WORKFLOW_COLUMNS: &str = "w.seq, w.wid, w.nodes, w.checkpoints, w.first_seen, \
      w.last_seen, (SELECT count(*) FROM workflow_agents a WHERE a.wid = w.wid) AS agents";
@@ -102,7 +102,7 @@ impl SqliteStore {
         for chunk in encoded.chunks(CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO ects (jti, wid, iss, sub, exec_act, parents, iat, exp, out_hash, \
-                 ext, claims, token, kid, content_hash, received_at) ",
+                 ext, token, kid, content_hash, received_at) ",
             );
             qb.push_values(chunk, |mut row, e| {
                 row.push_bind(&e.ect.jti)
@@ -115,7 +115,6 @@ impl SqliteStore {
                     .push_bind(e.ect.exp)
                     .push_bind(&e.ect.out_hash)
                     .push_bind(&e.ext)
-                    .push_bind(&e.claims)
                     .push_bind(&e.ect.token)
                     .push_bind(&e.ect.kid)
                     .push_bind(&e.ect.content_hash)

@@ -232,7 +232,7 @@ pub mod ects {
         if let Some(w) = wid {
             claims.insert("wid".into(), json!(w));
         }
-        let token = format!("eyJhbGciOiJFUzI1NiJ9.{jti}.{salt}");
+        let token = token_of(&claims, salt);
         NewEct {
             jti: jti.to_string(),
             wid: wid.map(str::to_string),
@@ -244,7 +244,6 @@ pub mod ects {
             exp: iat + 600,
             out_hash: None,
             ext,
-            claims,
             content_hash: sha256_hex(&token),
             token,
             kid: "k1".to_string(),
@@ -262,6 +261,19 @@ pub mod ects {
             json!("https://agent.example/.well-known/cascade/rollback"),
         );
         e
+    }
+
+    /// A compact-JWS-shaped token whose payload is `claims` (the store reads claims back from
+    /// the token); the signature part is a stand-in, the store does not verify.
+    pub fn token_of(claims: &Map<String, Value>, salt: &str) -> String {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let payload = serde_json::to_vec(claims).expect("claims serialise");
+        format!(
+            "eyJhbGciOiJFUzI1NiJ9.{}.{}",
+            b64(&payload),
+            b64(salt.as_bytes())
+        )
     }
 
     /// Lowercase hex SHA-256 of the token, as ingest computes `content_hash`.
