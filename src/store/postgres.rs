@@ -137,6 +137,7 @@ impl PgStore {
             sqlx::query_as::<_, (String, String)>(
                 "SELECT jti, content_hash FROM ects WHERE jti = ANY($1)",
             )
+            .persistent(false) // planned per call, see `find_meta`
             .bind(&others)
             .fetch_all(&mut *tx)
             .await?
@@ -272,6 +273,9 @@ impl Store for PgStore {
         }
         let rows: Vec<MetaRow> =
             sqlx::query_as("SELECT jti, wid, iat, content_hash FROM ects WHERE jti = ANY($1)")
+                // Planned for each call: a cached generic plan made while the table was small
+                // keeps scanning it whole once it has grown (ingest slowed down tenfold).
+                .persistent(false)
                 .bind(jtis)
                 .fetch_all(&self.pool)
                 .await?;
