@@ -124,7 +124,7 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = unwind::api::router(prepared.state);
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = unwind::service::serve(listener, app, std::future::pending()).await;
     });
     let admin_token = std::fs::read_to_string(admin_path)
         .unwrap()
