@@ -2,7 +2,13 @@
 //!
 //! - [`planner`]: pure planning over a [`crate::dag::WorkflowGraph`]: the checkpoint a trigger
 //!   resolves to, the steps of a scope, their ranks, dependencies and critical path.
+//! - [`model`]: the persisted rollback: status machine, steps, leases, conflict context.
 
+pub mod model;
 pub mod planner;
 
+pub use model::{
+    ExecuteStatus, Lease, OnCannotPrepare, PrepareStatus, RollbackRecord, RollbackStatus,
+    StepError, StepRecord,
+};
 pub use planner::{Plan, PlanError, PlannedStep, Scope, Target, nearest_checkpoint, plan};
