@@ -4,6 +4,7 @@
 //!   resolves to, the steps of a scope, their ranks, dependencies and critical path.
 //! - [`model`]: the persisted rollback: status machine, steps, leases, conflict context.
 
+pub mod conflict;
 pub mod model;
 pub mod planner;
 
