@@ -5,6 +5,7 @@
 //! - [`model`]: the persisted rollback: status machine, steps, leases, conflict context.
 
 pub mod conflict;
+pub mod evidence;
 pub mod model;
 pub mod planner;
 
