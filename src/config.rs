@@ -220,6 +220,14 @@ pub struct RollbackConfig {
     pub max_concurrency: usize,
     pub lease_s: u64,
     pub evidence_ttl_s: u64,
+    /// Rollback requests per second allowed to one requester (operator or agent).
+    pub requests_per_s: u32,
+    /// Burst of rollback requests allowed to one requester.
+    pub requests_burst: u32,
+    /// Rollbacks one process drives at the same time.
+    pub max_active: usize,
+    /// How often an idle worker looks for rollbacks to claim, in milliseconds.
+    pub poll_ms: u64,
 }
 
 impl Default for RollbackConfig {
@@ -230,6 +238,10 @@ impl Default for RollbackConfig {
             max_concurrency: 64,
             lease_s: 30,
             evidence_ttl_s: 7 * 24 * 3600,
+            requests_per_s: 10,
+            requests_burst: 20,
+            max_active: 16,
+            poll_ms: 500,
         }
     }
 }
@@ -471,6 +483,18 @@ impl Config {
         }
         if self.limits.max_batch_tokens == 0 {
             return Err(key_error("limits.max_batch_tokens", "must be at least 1"));
+        }
+        if self.rollback.lease_s < 3 {
+            return Err(key_error("rollback.lease_s", "must be at least 3 seconds"));
+        }
+        if self.rollback.max_concurrency == 0 || self.rollback.max_active == 0 {
+            return Err(key_error("rollback.max_concurrency", "must be at least 1 (and rollback.max_active too)"));
+        }
+        if self.rollback.agent_timeout_ms == 0 || self.rollback.agent_timeout_ms >= self.limits.request_timeout_s.saturating_mul(1000) {
+            return Err(key_error(
+                "rollback.agent_timeout_ms",
+                "must be above 0 and shorter than limits.request_timeout_s (a call to an agent must time out before its caller does)",
+            ));
         }
         if !(0.0..=1.0).contains(&self.circuit.error_threshold) {
             return Err(key_error(
