@@ -110,8 +110,8 @@ pub(crate) fn parse_prepare(body: &[u8]) -> Result<PrepareAnswer, String> {
 pub(crate) fn parse_execute(body: &[u8]) -> Result<ExecuteAnswer, String> {
     let raw: Value =
         serde_json::from_slice(body).map_err(|e| format!("execute answer is not JSON: {e}"))?;
-    let wire = ExecuteWire::deserialize(&raw)
-        .map_err(|e| format!("execute answer is not valid: {e}"))?;
+    let wire =
+        ExecuteWire::deserialize(&raw).map_err(|e| format!("execute answer is not valid: {e}"))?;
     let status = ExecuteResult::from_wire(&wire.status).ok_or_else(|| {
         format!(
             "execute answer has unknown status `{}`",
@@ -196,7 +196,11 @@ mod tests {
             br#"{"status":"cannot_prepare","reason":7}"#,
             b"",
         ] {
-            assert!(parse_prepare(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_prepare(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -230,7 +234,11 @@ mod tests {
             br#"{"status":"completed","ect":5}"#,
             br#"[]"#,
         ] {
-            assert!(parse_execute(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_execute(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

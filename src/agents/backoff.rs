@@ -47,7 +47,11 @@ impl Backoff {
         } else {
             0.0
         };
-        let u = if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.5 };
+        let u = if u.is_finite() {
+            u.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
         let factor = 1.0 + jitter * (2.0 * u - 1.0);
         Duration::try_from_secs_f64(base.as_secs_f64() * factor)
             .unwrap_or(self.max)
@@ -94,11 +98,17 @@ mod tests {
     #[test]
     fn doubles_from_initial_up_to_max() {
         let b = Backoff::default();
-        let expected = [200, 400, 800, 1600, 3200, 6400, 12_800, 25_600, 30_000, 30_000];
+        let expected = [
+            200, 400, 800, 1600, 3200, 6400, 12_800, 25_600, 30_000, 30_000,
+        ];
         for (i, ms) in expected.iter().enumerate() {
             assert_eq!(b.base_delay(i as u32 + 1), MS * *ms, "attempt {}", i + 1);
         }
-        assert_eq!(b.base_delay(0), b.initial, "attempt 0 is treated as the first");
+        assert_eq!(
+            b.base_delay(0),
+            b.initial,
+            "attempt 0 is treated as the first"
+        );
         assert_eq!(b.base_delay(u32::MAX), b.max, "no overflow");
     }
 
@@ -111,7 +121,10 @@ mod tests {
             let high = base.mul_f64(1.2).min(b.max);
             for _ in 0..200 {
                 let d = b.delay(attempt);
-                assert!(d >= low && d <= high, "attempt {attempt}: {d:?} outside {low:?}..={high:?}");
+                assert!(
+                    d >= low && d <= high,
+                    "attempt {attempt}: {d:?} outside {low:?}..={high:?}"
+                );
             }
         }
         assert_eq!(b.jittered(MS * 1000, 0.0), MS * 800);
@@ -128,13 +141,19 @@ mod tests {
 
         let none = Backoff { jitter: 0.0, ..b };
         assert!((0..20).all(|_| none.delay(2) == MS * 400));
-        let wild = Backoff { jitter: f64::NAN, ..b };
+        let wild = Backoff {
+            jitter: f64::NAN,
+            ..b
+        };
         assert_eq!(wild.delay(1), MS * 200);
         let huge = Backoff { jitter: 5.0, ..b };
         assert!(huge.delay(1) <= MS * 400);
         let tiny_max = Backoff { max: MS * 50, ..b };
         assert_eq!(tiny_max.base_delay(1), MS * 50);
-        let unbounded = Backoff { max: Duration::MAX, ..b };
+        let unbounded = Backoff {
+            max: Duration::MAX,
+            ..b
+        };
         assert!(unbounded.delay(u32::MAX) <= Duration::MAX);
     }
 

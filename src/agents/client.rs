@@ -248,10 +248,11 @@ impl AgentClient {
     /// Builds the client: rustls (aws-lc), no redirects, `settings.timeout` per call.
     pub fn new(trust: Arc<TrustStore>, settings: CallSettings) -> Result<Self, AgentError> {
         if settings.timeout.is_zero() {
-            return Err(AgentError::Settings("the call timeout must be positive".into()));
+            return Err(AgentError::Settings(
+                "the call timeout must be positive".into(),
+            ));
         }
-        if settings.backoff.initial.is_zero() || settings.backoff.max < settings.backoff.initial
-        {
+        if settings.backoff.initial.is_zero() || settings.backoff.max < settings.backoff.initial {
             return Err(AgentError::Settings(
                 "backoff needs 0 < initial <= max".into(),
             ));
@@ -277,16 +278,26 @@ impl AgentClient {
 
     /// One prepare call, no retry: `POST {rollback_uri}/prepare`.
     pub async fn prepare_once(&self, call: &StepCall<'_>) -> CallOutcome<PrepareAnswer> {
-        self.attempt(Phase::Prepare, call, self.settings.timeout, classify_prepare)
-            .await
-            .outcome
+        self.attempt(
+            Phase::Prepare,
+            call,
+            self.settings.timeout,
+            classify_prepare,
+        )
+        .await
+        .outcome
     }
 
     /// One execute call, no retry: `POST {rollback_uri}`.
     pub async fn execute_once(&self, call: &StepCall<'_>) -> CallOutcome<ExecuteAnswer> {
-        self.attempt(Phase::Execute, call, self.settings.timeout, classify_execute)
-            .await
-            .outcome
+        self.attempt(
+            Phase::Execute,
+            call,
+            self.settings.timeout,
+            classify_execute,
+        )
+        .await
+        .outcome
     }
 
     /// Prepares until a final answer or until `deadline`, with backoff between calls.
@@ -418,8 +429,7 @@ impl AgentClient {
             "outcome" => outcome.label()
         )
         .increment(1);
-        metrics::histogram!("unwind_agent_call_seconds", "phase" => phase.label())
-            .record(elapsed);
+        metrics::histogram!("unwind_agent_call_seconds", "phase" => phase.label()).record(elapsed);
         match &outcome {
             CallOutcome::Answer(_) => tracing::debug!(
                 phase = phase.label(),
@@ -557,7 +567,7 @@ impl AgentClient {
 /// 3xx is final, 5xx retried.
 fn classify_prepare(reply: &Reply) -> CallOutcome<PrepareAnswer> {
     match reply.status {
-        200..=299 => match readable(reply).and_then(|b| answer::parse_prepare(b)) {
+        200..=299 => match readable(reply).and_then(answer::parse_prepare) {
             Ok(a) => CallOutcome::Answer(a),
             Err(detail) => CallOutcome::Retryable(bad_answer(reply, detail)),
         },
@@ -572,7 +582,7 @@ fn classify_prepare(reply: &Reply) -> CallOutcome<PrepareAnswer> {
 /// Execute: 2xx answers (or is retried when unreadable), 4xx and 3xx are final, 5xx retried.
 fn classify_execute(reply: &Reply) -> CallOutcome<ExecuteAnswer> {
     match reply.status {
-        200..=299 => match readable(reply).and_then(|b| answer::parse_execute(b)) {
+        200..=299 => match readable(reply).and_then(answer::parse_execute) {
             Ok(a) => CallOutcome::Answer(a),
             Err(detail) => CallOutcome::Retryable(bad_answer(reply, detail)),
         },
