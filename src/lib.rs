@@ -6,6 +6,7 @@
 //! serves all of it over HTTP ([`api`]).
 //! See `docs/architecture.md` for the map of modules and what may call what.
 
+pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod config;
