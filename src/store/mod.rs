@@ -13,6 +13,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
+use crate::rollback::model::{
+    CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
+    RollbackRecord, RollbackStatus, StepRecord,
+};
 
 mod common;
 pub mod postgres;
@@ -152,6 +156,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Config(String),
+    /// A write under a lease whose fence is stale: another worker has taken the rollback over.
+    #[error("lease on rollback {0} was lost")]
+    LeaseLost(String),
+    /// No rollback with this id.
+    #[error("no rollback {0}")]
+    NoSuchRollback(String),
 }
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
@@ -204,4 +214,85 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of stored tokens.
     async fn count_ects(&self) -> Result<i64, StoreError>;
+
+    // ---- Rollbacks (design.md §6, §7) ----
+
+    /// Decides and records a rollback request atomically, under a per-workflow lock (PostgreSQL:
+    /// the `workflows` row `FOR UPDATE`; SQLite: the single writer): reads the rollback stored
+    /// under the same id and the workflow's non-terminal rollbacks with their steps, calls
+    /// `decide`, and applies the decision in the same transaction. `Insert` stores the record
+    /// and its steps and sets `superseded_by` on each rollback named in `supersede` (their status
+    /// changes later, when their worker reaches a step boundary). Concurrent calls on several
+    /// processes therefore give the same answers as serial ones.
+    async fn create_rollback(
+        &self,
+        new: &NewRollback,
+        decide: &(dyn Fn(&CreateContext) -> CreateDecision + Send + Sync),
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// A rollback and its steps (steps ordered by rank, then checkpoint id).
+    async fn get_rollback(
+        &self,
+        rollback_id: &str,
+    ) -> Result<Option<(RollbackRecord, Vec<StepRecord>)>, StoreError>;
+
+    /// Rollbacks oldest first.
+    async fn list_rollbacks(
+        &self,
+        filter: &RollbackFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<RollbackRecord>, StoreError>;
+
+    /// Claims one rollback that needs a worker: status `accepted`, `preparing` or `executing`,
+    /// and no lease or an expired one (PostgreSQL: `FOR UPDATE SKIP LOCKED`). The claim sets the
+    /// owner and expiry and increments the fence. Oldest first.
+    async fn claim_next_rollback(
+        &self,
+        owner: &str,
+        lease_for: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Claims this rollback if it needs a worker (same rule as [`Store::claim_next_rollback`]).
+    async fn claim_rollback(
+        &self,
+        rollback_id: &str,
+        owner: &str,
+        lease_for: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Extends a lease still held ([`StoreError::LeaseLost`] otherwise).
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        lease_for: std::time::Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives a lease up (no error if it was already lost).
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Writes the rollback's changing fields (status, failed_agents, superseded_by, evidence,
+    /// result) under a held lease; bumps `version` and `updated_at`; returns the stored record.
+    /// A stale fence is [`StoreError::LeaseLost`] and writes nothing.
+    async fn update_rollback(
+        &self,
+        lease: &Lease,
+        record: &RollbackRecord,
+    ) -> Result<RollbackRecord, StoreError>;
+
+    /// Writes one step's changing fields (statuses, attempts, next_attempt_at, error, response,
+    /// reused_from) under a held lease; bumps the rollback's `version`. Fenced like
+    /// [`Store::update_rollback`].
+    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError>;
+
+    /// A change made without a lease (an operator's decision): only if the rollback's status is
+    /// still `expected`; sets `status` and merges `result` members; bumps `version`. `None` when
+    /// the status was not `expected` (nothing written).
+    async fn transition_rollback(
+        &self,
+        rollback_id: &str,
+        expected: RollbackStatus,
+        to: RollbackStatus,
+        result: serde_json::Map<String, Value>,
+    ) -> Result<Option<RollbackRecord>, StoreError>;
 }
