@@ -4,6 +4,7 @@
 //! once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,6 +14,10 @@ use sqlx::migrate::Migrator;
 
 use super::{EctMeta, EctRecord, InsertOutcome, NewEct, StoreError, WorkflowSummary};
 use crate::dag::DagNode;
+use crate::rollback::model::{
+    ALL_STATUSES, ActiveRollback, CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback,
+    RollbackRecord, RollbackStatus, StepError, StepRecord,
+};
 
 /// The value of `exec_act` that marks a checkpoint (cascade draft).
 pub(crate) const CHECKPOINT: &str = "checkpoint";
@@ -330,6 +335,443 @@ pub(crate) fn check_applied(migrator: &Migrator, applied: &[AppliedRow]) -> Resu
         }
     }
     Ok(())
+}
+
+// ---- Rollbacks ----
+
+/// Statuses whose rollbacks a worker drives (claims pick only these).
+pub(crate) const WORKABLE: [RollbackStatus; 3] = [
+    RollbackStatus::Accepted,
+    RollbackStatus::Preparing,
+    RollbackStatus::Executing,
+];
+
+/// `'accepted', ...`: the non-terminal statuses as an SQL list, derived from the model so that
+/// the queries cannot drift from [`RollbackStatus::is_terminal`]. Static strings only.
+pub(crate) static ACTIVE_SQL: LazyLock<String> =
+    LazyLock::new(|| sql_list(ALL_STATUSES.iter().copied().filter(|s| !s.is_terminal())));
+
+/// The [`WORKABLE`] statuses as an SQL list.
+pub(crate) static WORKABLE_SQL: LazyLock<String> =
+    LazyLock::new(|| sql_list(WORKABLE.iter().copied()));
+
+fn sql_list(statuses: impl Iterator<Item = RollbackStatus>) -> String {
+    statuses
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A lease duration in microseconds, the unit both back ends add to their clock.
+pub(crate) fn lease_micros(lease_for: std::time::Duration) -> Result<i64, StoreError> {
+    i64::try_from(lease_for.as_micros())
+        .map_err(|_| StoreError::Invalid(format!("lease duration {lease_for:?} is too long")))
+}
+
+/// `now + lease_for`, for the back end whose clock is the process clock.
+pub(crate) fn lease_end(
+    now: DateTime<Utc>,
+    lease_for: std::time::Duration,
+) -> Result<DateTime<Utc>, StoreError> {
+    now.checked_add_signed(chrono::Duration::microseconds(lease_micros(lease_for)?))
+        .ok_or_else(|| StoreError::Invalid(format!("lease duration {lease_for:?} is too long")))
+}
+
+/// The wire name of a snake_case serde enum (scope, statuses), as stored in TEXT columns.
+fn enum_text<T: serde::Serialize + std::fmt::Debug>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => Ok(s),
+        _ => Err(StoreError::Invalid(format!("{value:?} has no text form"))),
+    }
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(
+    column: &str,
+    id: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_value(Value::String(text.to_owned()))
+        .map_err(|_| StoreError::Corrupt(format!("{column} of {id}: unknown value {text:?}")))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    column: &str,
+    id: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column} of {id}: {e}")))
+}
+
+fn to_u32(column: &str, id: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("{column} of {id} out of range: {value}")))
+}
+
+/// JSON text for a column. U+0000 is refused on both back ends alike: PostgreSQL's JSONB cannot
+/// hold it, and a value one back end stores and the other refuses would make them differ.
+fn json_column(column: &str, value: &impl serde::Serialize) -> Result<String, StoreError> {
+    let value = serde_json::to_value(value)
+        .map_err(|e| StoreError::Invalid(format!("{column}: cannot encode: {e}")))?;
+    if has_nul(&value) {
+        return Err(StoreError::Invalid(format!(
+            "{column}: JSON text with U+0000 cannot be stored"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// One `rollbacks` row as selected by both back ends (JSON columns as text).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RollbackRow {
+    pub seq: i64,
+    pub rollback_id: String,
+    pub wid: String,
+    pub checkpoint_id: String,
+    pub trigger_ect: Option<String>,
+    pub scope: String,
+    pub status: String,
+    pub requested_by: String,
+    pub reason: Option<String>,
+    pub on_cannot_prepare: String,
+    pub request_hash: String,
+    pub plan: String,
+    pub failed_agents: String,
+    pub superseded_by: Option<String>,
+    pub evidence_start: Option<String>,
+    pub evidence_complete: Option<String>,
+    pub result: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl RollbackRow {
+    pub(crate) fn into_record(self) -> Result<RollbackRecord, StoreError> {
+        let id = self.rollback_id.as_str();
+        let status = RollbackStatus::parse(&self.status).ok_or_else(|| {
+            StoreError::Corrupt(format!("status of {id}: unknown value {:?}", self.status))
+        })?;
+        Ok(RollbackRecord {
+            scope: parse_enum("scope", id, &self.scope)?,
+            status,
+            on_cannot_prepare: parse_enum("on_cannot_prepare", id, &self.on_cannot_prepare)?,
+            plan: parse_json("plan", id, &self.plan)?,
+            failed_agents: parse_json("failed_agents", id, &self.failed_agents)?,
+            result: parse_json("result", id, &self.result)?,
+            rollback_id: self.rollback_id,
+            wid: self.wid,
+            checkpoint_id: self.checkpoint_id,
+            trigger_ect: self.trigger_ect,
+            requested_by: self.requested_by,
+            reason: self.reason,
+            request_hash: self.request_hash,
+            superseded_by: self.superseded_by,
+            evidence_start: self.evidence_start,
+            evidence_complete: self.evidence_complete,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
+        })
+    }
+}
+
+/// One `rollback_steps` row as selected by both back ends.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StepRow {
+    pub rollback_id: String,
+    pub checkpoint_id: String,
+    pub agent: String,
+    pub rollback_uri: Option<String>,
+    pub rank: i64,
+    pub critical: bool,
+    pub reversible: bool,
+    pub expired: bool,
+    pub waits_for: String,
+    pub prepare_status: String,
+    pub execute_status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub error_code: Option<String>,
+    pub error_detail: Option<String>,
+    pub response: Option<String>,
+    pub reused_from: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StepRow {
+    pub(crate) fn into_step(self) -> Result<StepRecord, StoreError> {
+        let id = format!("{} step {}", self.rollback_id, self.checkpoint_id);
+        let error = match (self.error_code, self.error_detail) {
+            (Some(code), Some(detail)) => Some(StepError { code, detail }),
+            (None, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "{id}: error code and detail must be set together"
+                )));
+            }
+        };
+        let response = match &self.response {
+            Some(text) => Some(parse_json("response", &id, text)?),
+            None => None,
+        };
+        Ok(StepRecord {
+            rank: to_u32("rank", &id, self.rank)?,
+            attempts: to_u32("attempts", &id, self.attempts)?,
+            waits_for: parse_json("waits_for", &id, &self.waits_for)?,
+            prepare_status: parse_enum("prepare_status", &id, &self.prepare_status)?,
+            execute_status: parse_enum("execute_status", &id, &self.execute_status)?,
+            error,
+            response,
+            rollback_id: self.rollback_id,
+            checkpoint_id: self.checkpoint_id,
+            agent: self.agent,
+            rollback_uri: self.rollback_uri,
+            critical: self.critical,
+            reversible: self.reversible,
+            expired: self.expired,
+            next_attempt_at: self.next_attempt_at,
+            reused_from: self.reused_from,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// Converts step rows and puts them in the order of the contract (rank, then checkpoint id),
+/// sorted here rather than in SQL so that both back ends agree whatever the collation.
+pub(crate) fn into_steps(rows: Vec<StepRow>) -> Result<Vec<StepRecord>, StoreError> {
+    let mut steps = rows
+        .into_iter()
+        .map(StepRow::into_step)
+        .collect::<Result<Vec<_>, _>>()?;
+    steps.sort_by(|a, b| {
+        (a.rank, a.checkpoint_id.as_str()).cmp(&(b.rank, b.checkpoint_id.as_str()))
+    });
+    Ok(steps)
+}
+
+/// The active rollbacks of a workflow with their steps, in the order of `records`.
+pub(crate) fn active_rollbacks(
+    records: Vec<RollbackRecord>,
+    steps: Vec<StepRow>,
+) -> Result<Vec<ActiveRollback>, StoreError> {
+    let mut by_rollback: HashMap<String, Vec<StepRecord>> = HashMap::new();
+    for step in into_steps(steps)? {
+        by_rollback
+            .entry(step.rollback_id.clone())
+            .or_default()
+            .push(step);
+    }
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            let steps = by_rollback.remove(&record.rollback_id).unwrap_or_default();
+            ActiveRollback { record, steps }
+        })
+        .collect())
+}
+
+/// The columns of a rollback that writes set, encoded.
+pub(crate) struct EncodedRollback {
+    pub scope: String,
+    pub on_cannot_prepare: String,
+    pub plan: String,
+    pub failed_agents: String,
+    pub result: String,
+}
+
+pub(crate) fn encode_rollback(record: &RollbackRecord) -> Result<EncodedRollback, StoreError> {
+    Ok(EncodedRollback {
+        scope: enum_text(&record.scope)?,
+        on_cannot_prepare: enum_text(&record.on_cannot_prepare)?,
+        plan: json_column("plan", &record.plan)?,
+        failed_agents: json_column("failed_agents", &record.failed_agents)?,
+        result: result_column(&record.result)?,
+    })
+}
+
+/// The `result` column's text.
+pub(crate) fn result_column(result: &Value) -> Result<String, StoreError> {
+    json_column("result", result)
+}
+
+/// The columns of a step, encoded.
+pub(crate) struct EncodedStep<'a> {
+    pub step: &'a StepRecord,
+    pub rank: i64,
+    pub attempts: i64,
+    pub waits_for: String,
+    pub prepare_status: String,
+    pub execute_status: String,
+    pub error_code: Option<&'a str>,
+    pub error_detail: Option<&'a str>,
+    pub response: Option<String>,
+}
+
+pub(crate) fn encode_step(step: &StepRecord) -> Result<EncodedStep<'_>, StoreError> {
+    Ok(EncodedStep {
+        step,
+        rank: i64::from(step.rank),
+        attempts: i64::from(step.attempts),
+        waits_for: json_column("waits_for", &step.waits_for)?,
+        prepare_status: enum_text(&step.prepare_status)?,
+        execute_status: enum_text(&step.execute_status)?,
+        error_code: step.error.as_ref().map(|e| e.code.as_str()),
+        error_detail: step.error.as_ref().map(|e| e.detail.as_str()),
+        response: step
+            .response
+            .as_ref()
+            .map(|r| json_column("response", r))
+            .transpose()?,
+    })
+}
+
+/// A new rollback, encoded before its transaction starts (so that a value that cannot be stored
+/// fails before anything is locked). Steps in checkpoint order, with their duplicates refused.
+pub(crate) struct EncodedNew<'a> {
+    pub rollback: EncodedRollback,
+    pub steps: Vec<EncodedStep<'a>>,
+}
+
+pub(crate) fn encode_new(new: &NewRollback) -> Result<EncodedNew<'_>, StoreError> {
+    let rollback = encode_rollback(&new.record)?;
+    let mut steps = new
+        .steps
+        .iter()
+        .map(encode_step)
+        .collect::<Result<Vec<_>, _>>()?;
+    steps.sort_by(|a, b| a.step.checkpoint_id.cmp(&b.step.checkpoint_id));
+    if let Some(w) = steps
+        .windows(2)
+        .find(|w| w[0].step.checkpoint_id == w[1].step.checkpoint_id)
+    {
+        return Err(StoreError::Invalid(format!(
+            "checkpoint {} appears twice in rollback {}",
+            w[0].step.checkpoint_id, new.record.rollback_id
+        )));
+    }
+    Ok(EncodedNew { rollback, steps })
+}
+
+/// What a transaction of `create_rollback` does once `decide` has answered.
+#[derive(Debug)]
+pub(crate) enum Resolution {
+    /// Nothing to write: answer this.
+    Answer(CreateOutcome),
+    /// Insert the new rollback and mark these (sorted, distinct: the lock order) as superseded.
+    Insert { supersede: Vec<String> },
+}
+
+/// Checks a decision against the context it was taken on. Only rollbacks the context lists as
+/// active can be superseded (other ids are ignored: they are not the workflow's to take over);
+/// a decision that contradicts the context (replaying a rollback that does not exist, inserting
+/// over an existing id) is refused rather than half-applied.
+pub(crate) fn resolve(
+    ctx: &CreateContext,
+    new_id: &str,
+    decision: CreateDecision,
+) -> Result<Resolution, StoreError> {
+    match decision {
+        CreateDecision::Insert { supersede } => {
+            if ctx.existing.is_some() {
+                return Err(StoreError::Invalid(format!(
+                    "rollback {new_id} exists; it cannot be inserted again"
+                )));
+            }
+            let wanted: BTreeSet<String> = supersede.into_iter().collect();
+            let supersede = ctx
+                .active
+                .iter()
+                .map(|a| &a.record.rollback_id)
+                .filter(|id| wanted.contains(*id) && *id != new_id)
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            Ok(Resolution::Insert { supersede })
+        }
+        CreateDecision::Replay => match &ctx.existing {
+            Some(existing) => Ok(Resolution::Answer(CreateOutcome::Replayed(
+                existing.clone(),
+            ))),
+            None => Err(StoreError::Invalid(format!(
+                "replay of rollback {new_id}, which does not exist"
+            ))),
+        },
+        CreateDecision::IdempotencyMismatch => match &ctx.existing {
+            Some(existing) => Ok(Resolution::Answer(CreateOutcome::IdempotencyMismatch(
+                existing.clone(),
+            ))),
+            None => Err(StoreError::Invalid(format!(
+                "idempotency mismatch on rollback {new_id}, which does not exist"
+            ))),
+        },
+        CreateDecision::Conflict {
+            conflicting_rollback_id,
+        } => Ok(Resolution::Answer(CreateOutcome::Conflict {
+            conflicting_rollback_id,
+        })),
+    }
+}
+
+/// `result` with `members` merged in (a member of the same name is replaced). A stored `null`
+/// counts as an empty object; any other non-object cannot be merged into.
+pub(crate) fn merge_result(
+    rollback_id: &str,
+    current: Value,
+    members: Map<String, Value>,
+) -> Result<Value, StoreError> {
+    let mut merged = match current {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "result of {rollback_id} is not a JSON object"
+            )));
+        }
+    };
+    merged.extend(members);
+    Ok(Value::Object(merged))
+}
+
+/// A writer under a lease must write for the rollback the lease is on.
+pub(crate) fn check_lease_target(lease: &Lease, rollback_id: &str) -> Result<(), StoreError> {
+    if lease.rollback_id == rollback_id {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "lease on {} used to write {rollback_id}",
+            lease.rollback_id
+        )))
+    }
+}
+
+/// The fields of a claim as returned by the claiming statement.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LeaseRow {
+    pub rollback_id: String,
+    pub lease_owner: String,
+    pub fence: i64,
+    pub lease_until: DateTime<Utc>,
+}
+
+impl From<LeaseRow> for Lease {
+    fn from(r: LeaseRow) -> Self {
+        Lease {
+            rollback_id: r.rollback_id,
+            owner: r.lease_owner,
+            fence: r.fence,
+            until: r.lease_until,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
+use crate::rollback::model::{
+    CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
+    RollbackRecord, RollbackStatus, StepRecord,
+};
 
 mod common;
 pub mod postgres;
@@ -152,6 +156,22 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Config(String),
+    /// A write under a lease whose fence is stale: another worker has taken the rollback over.
+    #[error("lease on rollback {0} was lost")]
+    LeaseLost(String),
+    /// No rollback with this id.
+    #[error("no rollback {0}")]
+    NoSuchRollback(String),
+    /// The rollback has no step for this checkpoint.
+    #[error("rollback {rollback_id} has no step {checkpoint_id}")]
+    NoSuchStep {
+        rollback_id: String,
+        checkpoint_id: String,
+    },
+    /// A value the store refuses to write (both back ends alike), or a request that contradicts
+    /// what is stored; nothing was written.
+    #[error("invalid write: {0}")]
+    Invalid(String),
 }
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
@@ -204,4 +224,110 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of stored tokens.
     async fn count_ects(&self) -> Result<i64, StoreError>;
+
+    // ---- Rollbacks (design.md §6, §7) ----
+
+    /// Decides and records a rollback request atomically, under a per-workflow lock (PostgreSQL:
+    /// a transaction-scoped advisory lock on the `wid`, which needs no row to exist; SQLite: the
+    /// single writer): reads the rollback stored under the same id and the workflow's
+    /// non-terminal rollbacks with their steps, calls `decide`, and applies the decision in the
+    /// same transaction. `Insert` stores the record and its steps and sets `superseded_by` on
+    /// each rollback named in `supersede` (their status changes later, when their worker reaches
+    /// a step boundary); ids that are not active rollbacks of the workflow are ignored.
+    /// Concurrent calls on several processes therefore give the same answers as serial ones.
+    ///
+    /// `decide` runs once per attempt (a transaction retried after a deadlock or a concurrent
+    /// insert of the same id calls it again, on fresh context). The store owns the inserted
+    /// record's `status` (`accepted`), `created_at`, `updated_at` (the store's clock) and
+    /// `version` (1), and the steps' `rollback_id` and `updated_at`; every other field is stored
+    /// as given. A decision that contradicts its context (replay without a stored rollback,
+    /// insert over an existing id) is [`StoreError::Invalid`].
+    ///
+    /// (`for<'c>` is spelled out because `async_trait` would otherwise name the elided lifetime
+    /// and `decide` could only be called with a context living as long as the call.)
+    async fn create_rollback(
+        &self,
+        new: &NewRollback,
+        decide: &(dyn for<'c> Fn(&'c CreateContext) -> CreateDecision + Send + Sync),
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// A rollback and its steps (steps ordered by rank, then checkpoint id).
+    async fn get_rollback(
+        &self,
+        rollback_id: &str,
+    ) -> Result<Option<(RollbackRecord, Vec<StepRecord>)>, StoreError>;
+
+    /// Rollbacks oldest first.
+    async fn list_rollbacks(
+        &self,
+        filter: &RollbackFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<RollbackRecord>, StoreError>;
+
+    /// Claims one rollback that needs a worker: status `accepted`, `preparing` or `executing`,
+    /// and no lease or an expired one (PostgreSQL: `FOR UPDATE SKIP LOCKED`). The claim sets the
+    /// owner and expiry and increments the fence. Oldest first.
+    ///
+    /// Lease times come from the store's clock: PostgreSQL's `now()`, shared by every replica
+    /// (so replicas' clock skew cannot end a lease early); on SQLite the process clock, which is
+    /// the database's machine clock too. Like every write, a claim bumps `version`.
+    async fn claim_next_rollback(
+        &self,
+        owner: &str,
+        lease_for: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Claims this rollback if it needs a worker (same rule as [`Store::claim_next_rollback`]).
+    async fn claim_rollback(
+        &self,
+        rollback_id: &str,
+        owner: &str,
+        lease_for: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Extends a lease still held ([`StoreError::LeaseLost`] otherwise).
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        lease_for: std::time::Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives a lease up (no error if it was already lost).
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Writes the rollback's changing fields (status, failed_agents, superseded_by, evidence,
+    /// result) under a held lease; bumps `version` and `updated_at`; returns the stored record.
+    /// A stale fence is [`StoreError::LeaseLost`] and writes nothing.
+    ///
+    /// `superseded_by` is never cleared: it is set by [`Store::create_rollback`] while a worker
+    /// may hold the lease, so a `None` from the worker's older copy keeps the stored value (and
+    /// the returned record tells the worker it has been superseded). The lease's expiry is not
+    /// checked: the fence alone says whether another worker has taken over.
+    async fn update_rollback(
+        &self,
+        lease: &Lease,
+        record: &RollbackRecord,
+    ) -> Result<RollbackRecord, StoreError>;
+
+    /// Writes one step's changing fields (statuses, attempts, next_attempt_at, error, response,
+    /// reused_from) under a held lease; bumps the rollback's `version`. Fenced like
+    /// [`Store::update_rollback`]; a checkpoint without a step is [`StoreError::NoSuchStep`].
+    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError>;
+
+    /// A change made without a lease (an operator's decision): only if the rollback's status is
+    /// still `expected`; sets `status` and merges `result` members; bumps `version`. `None` when
+    /// the status was not `expected` (nothing written); [`StoreError::NoSuchRollback`] when there
+    /// is no such rollback.
+    ///
+    /// It also ends any lease: a worker still holding one acted on the state before the
+    /// decision, so its next write is [`StoreError::LeaseLost`], and the rollback can be claimed
+    /// at once when the new status needs a worker.
+    async fn transition_rollback(
+        &self,
+        rollback_id: &str,
+        expected: RollbackStatus,
+        to: RollbackStatus,
+        result: serde_json::Map<String, Value>,
+    ) -> Result<Option<RollbackRecord>, StoreError>;
 }

@@ -4,6 +4,10 @@
 //! Concurrent appends that share jtis or workflows take their row locks in one global order
 //! (jtis sorted, then workflows sorted, then agents sorted), so they wait for each other but
 //! never deadlock.
+//!
+//! Rollbacks: decisions on new requests are serialised per workflow by an advisory lock, leases
+//! are claimed with `FOR UPDATE SKIP LOCKED`, and every time comes from the database clock (see
+//! the rollback section below).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -13,19 +17,28 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use super::common::{self, AppliedRow, DagNodeRow, EctRow, MetaRow, WorkflowRow};
+use serde_json::{Map, Value};
+
+use super::common::{
+    self, AppliedRow, DagNodeRow, EctRow, LeaseRow, MetaRow, Resolution, RollbackRow, StepRow,
+    WorkflowRow,
+};
 use super::{
     Backend, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page, Store, StoreError,
     WorkflowSummary,
 };
 use crate::dag::DagNode;
+use crate::rollback::model::{
+    CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
+    RollbackRecord, RollbackStatus, StepRecord,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const MAX_CONNECTIONS: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of one append when PostgreSQL reports a deadlock or serialization failure.
-const APPEND_ATTEMPTS: u32 = 3;
+/// Attempts of one transaction when PostgreSQL reports a deadlock or serialization failure.
+const TX_ATTEMPTS: u32 = 3;
 
 const ECT_COLUMNS: &str = "seq, jti, wid, iss, sub, exec_act, parents::text AS parents, iat, \
      exp, out_hash, ext::text AS ext, token, kid, content_hash, \
@@ -289,7 +302,7 @@ impl Store for PgStore {
         let mut attempt = 1;
         loop {
             match Self::append_once(&self.pool, batch).await {
-                Err(StoreError::Database(e)) if attempt < APPEND_ATTEMPTS && is_transient(&e) => {
+                Err(StoreError::Database(e)) if attempt < TX_ATTEMPTS && is_transient(&e) => {
                     tracing::debug!(error = %e, attempt, "append retried");
                     attempt += 1;
                 }
@@ -377,6 +390,218 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?)
     }
+
+    async fn create_rollback(
+        &self,
+        new: &NewRollback,
+        decide: &(dyn for<'c> Fn(&'c CreateContext) -> CreateDecision + Send + Sync),
+    ) -> Result<CreateOutcome, StoreError> {
+        let encoded = common::encode_new(new)?;
+        let mut attempt = 1;
+        loop {
+            match Self::create_once(&self.pool, new, &encoded, decide).await {
+                Ok(Some(outcome)) => return Ok(outcome),
+                // The concurrent insert of the same id committed before ours gave up, so the
+                // next attempt reads it as `existing`.
+                Ok(None) if attempt < TX_ATTEMPTS => {}
+                Ok(None) => {
+                    return Err(StoreError::Invalid(format!(
+                        "rollback {} keeps being inserted concurrently",
+                        new.record.rollback_id
+                    )));
+                }
+                Err(StoreError::Database(e)) if attempt < TX_ATTEMPTS && is_transient(&e) => {
+                    tracing::debug!(error = %e, attempt, "create_rollback retried");
+                }
+                Err(e) => return Err(e),
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn get_rollback(
+        &self,
+        rollback_id: &str,
+    ) -> Result<Option<(RollbackRecord, Vec<StepRecord>)>, StoreError> {
+        // One snapshot: the record's version and its steps agree.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let row: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE rollback_id = $1"
+        )))
+        .bind(rollback_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let steps: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM rollback_steps WHERE rollback_id = $1"
+        )))
+        .bind(rollback_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((row.into_record()?, common::into_steps(steps)?)))
+    }
+
+    async fn list_rollbacks(
+        &self,
+        filter: &RollbackFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<RollbackRecord>, StoreError> {
+        let after = cursor.map(common::decode_cursor).transpose()?;
+        let limit = common::page_size(limit);
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE TRUE"
+        ));
+        if let Some(wid) = &filter.wid {
+            qb.push(" AND wid = ").push_bind(wid);
+        }
+        if let Some(status) = filter.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(after) = after {
+            qb.push(" AND seq > ").push_bind(after);
+        }
+        qb.push(" ORDER BY seq LIMIT ").push_bind(limit + 1);
+        let rows: Vec<RollbackRow> = qb.build_query_as().fetch_all(&self.pool).await?;
+        common::into_page(rows, limit, |r| r.seq, RollbackRow::into_record)
+    }
+
+    async fn claim_next_rollback(
+        &self,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        // SKIP LOCKED: concurrent claimers each take another row instead of queueing on one.
+        // Locking re-checks the conditions on the newest row version, so a row claimed and
+        // committed meanwhile is passed over.
+        let row: Option<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET {CLAIM_SET} WHERE rollback_id = (\
+             SELECT rollback_id FROM rollbacks WHERE status IN ({}) \
+             AND (lease_until IS NULL OR lease_until <= now()) \
+             ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING rollback_id, lease_owner, fence, lease_until",
+            *common::WORKABLE_SQL
+        )))
+        .bind(owner)
+        .bind(common::lease_micros(lease_for)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Lease::from))
+    }
+
+    async fn claim_rollback(
+        &self,
+        rollback_id: &str,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        // A concurrent claim of the same row makes this one wait, then re-check the WHERE
+        // clause on the row it committed (READ COMMITTED): at most one claim wins.
+        let row: Option<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET {CLAIM_SET} WHERE rollback_id = $3 AND status IN ({}) \
+             AND (lease_until IS NULL OR lease_until <= now()) \
+             RETURNING rollback_id, lease_owner, fence, lease_until",
+            *common::WORKABLE_SQL
+        )))
+        .bind(owner)
+        .bind(common::lease_micros(lease_for)?)
+        .bind(rollback_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Lease::from))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, StoreError> {
+        let row: Option<LeaseRow> = sqlx::query_as(
+            "UPDATE rollbacks SET lease_until = now() + $4::int8 * interval '1 microsecond', \
+             version = version + 1, updated_at = now() \
+             WHERE rollback_id = $1 AND lease_owner = $2 AND fence = $3 \
+             RETURNING rollback_id, lease_owner, fence, lease_until",
+        )
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .bind(common::lease_micros(lease_for)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Lease::from)
+            .ok_or_else(|| StoreError::LeaseLost(lease.rollback_id.clone()))
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE rollbacks SET lease_owner = NULL, lease_until = NULL, \
+             version = version + 1, updated_at = now() \
+             WHERE rollback_id = $1 AND lease_owner = $2 AND fence = $3",
+        )
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_rollback(
+        &self,
+        lease: &Lease,
+        record: &RollbackRecord,
+    ) -> Result<RollbackRecord, StoreError> {
+        common::check_lease_target(lease, &record.rollback_id)?;
+        let e = common::encode_rollback(record)?;
+        let row: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET status = $4, failed_agents = $5::jsonb, \
+             superseded_by = COALESCE(superseded_by, $6), evidence_start = $7, \
+             evidence_complete = $8, result = $9::jsonb, version = version + 1, \
+             updated_at = now() \
+             WHERE rollback_id = $1 AND lease_owner = $2 AND fence = $3 \
+             RETURNING {ROLLBACK_COLUMNS}"
+        )))
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .bind(record.status.as_str())
+        .bind(&e.failed_agents)
+        .bind(&record.superseded_by)
+        .bind(&record.evidence_start)
+        .bind(&record.evidence_complete)
+        .bind(&e.result)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => row.into_record(),
+            None => Err(StoreError::LeaseLost(lease.rollback_id.clone())),
+        }
+    }
+
+    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError> {
+        common::check_lease_target(lease, &step.rollback_id)?;
+        let encoded = common::encode_step(step)?;
+        retrying("update_step", || {
+            Self::update_step_once(&self.pool, lease, &encoded)
+        })
+        .await
+    }
+
+    async fn transition_rollback(
+        &self,
+        rollback_id: &str,
+        expected: RollbackStatus,
+        to: RollbackStatus,
+        result: Map<String, Value>,
+    ) -> Result<Option<RollbackRecord>, StoreError> {
+        retrying("transition_rollback", || {
+            Self::transition_once(&self.pool, rollback_id, expected, to, &result)
+        })
+        .await
+    }
 }
 
 impl PgStore {
@@ -404,4 +629,310 @@ impl PgStore {
         }
         Ok(nodes)
     }
+}
+
+// ---- Rollbacks ----
+//
+// Clock: every rollback time (created_at, updated_at, lease expiry) is the database's `now()`,
+// so that replicas with skewed clocks agree on when a lease ends.
+//
+// Per-workflow lock: `pg_advisory_xact_lock(WORKFLOW_LOCK_CLASS, hashtext(wid))`, held until the
+// transaction ends. Unlike `SELECT ... FROM workflows FOR UPDATE` it needs no row (nothing to
+// insert first, no placeholder workflow in listings) and it does not conflict with ingest, which
+// updates the `workflows` row of the same workflow. A hash collision between two workflows only
+// makes their decisions wait for each other. The two-key form keeps these locks apart from
+// single-key advisory locks (sqlx's migration lock).
+//
+// Lock order, so that the transactions below cannot deadlock each other: workflow lock, then
+// `rollbacks` rows (sorted by id when several), then `rollback_steps` rows.
+
+/// First key of the per-workflow advisory lock ("unwd").
+const WORKFLOW_LOCK_CLASS: i32 = 0x756e_7764;
+
+const ROLLBACK_COLUMNS: &str = "seq, rollback_id, wid, checkpoint_id, trigger_ect, scope, \
+     status, requested_by, reason, on_cannot_prepare, request_hash, plan::text AS plan, \
+     failed_agents::text AS failed_agents, superseded_by, evidence_start, evidence_complete, \
+     result::text AS result, created_at, updated_at, version";
+
+const STEP_COLUMNS: &str = "rollback_id, checkpoint_id, agent, rollback_uri, rank, critical, \
+     reversible, expired, waits_for::text AS waits_for, prepare_status, execute_status, \
+     attempts, next_attempt_at, error_code, error_detail, response::text AS response, \
+     reused_from, updated_at";
+
+/// The claim's assignments; `$1` is the owner, `$2` the lease in microseconds.
+const CLAIM_SET: &str = "lease_owner = $1, \
+     lease_until = now() + $2::int8 * interval '1 microsecond', fence = fence + 1, \
+     version = version + 1, updated_at = now()";
+
+/// Runs one transaction attempt, again after a deadlock or serialization failure.
+async fn retrying<T, F, Fut>(what: &str, mut attempt_once: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match attempt_once().await {
+            Err(StoreError::Database(e)) if attempt < TX_ATTEMPTS && is_transient(&e) => {
+                tracing::debug!(error = %e, attempt, what, "transaction retried");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl PgStore {
+    /// One attempt of [`Store::create_rollback`]; `None` when another transaction inserted the
+    /// same `rollback_id` (under another workflow's lock) after we read: run again, the next
+    /// attempt reads it as `existing`.
+    async fn create_once(
+        pool: &PgPool,
+        new: &NewRollback,
+        encoded: &common::EncodedNew<'_>,
+        decide: &(dyn for<'c> Fn(&'c CreateContext) -> CreateDecision + Send + Sync),
+    ) -> Result<Option<CreateOutcome>, StoreError> {
+        let record = &new.record;
+        // READ COMMITTED: each statement after the lock sees what the previous holder committed.
+        // (REPEATABLE READ would take its snapshot before the lock is granted.)
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(WORKFLOW_LOCK_CLASS)
+            .bind(&record.wid)
+            .execute(&mut *tx)
+            .await?;
+
+        let existing: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE rollback_id = $1"
+        )))
+        .bind(&record.rollback_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let active: Vec<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE wid = $1 AND status IN ({}) \
+             ORDER BY seq",
+            *common::ACTIVE_SQL
+        )))
+        .bind(&record.wid)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Steps by the ids just read, not by status again: a worker may finish a rollback
+        // between the two statements, and its steps must still come with it.
+        let ids: Vec<&str> = active.iter().map(|r| r.rollback_id.as_str()).collect();
+        let steps: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM rollback_steps WHERE rollback_id = ANY($1)"
+        )))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ctx = CreateContext {
+            existing: existing.map(RollbackRow::into_record).transpose()?,
+            active: common::active_rollbacks(
+                active
+                    .into_iter()
+                    .map(RollbackRow::into_record)
+                    .collect::<Result<_, _>>()?,
+                steps,
+            )?,
+        };
+
+        let supersede = match common::resolve(&ctx, &record.rollback_id, decide(&ctx))? {
+            Resolution::Answer(outcome) => {
+                tx.rollback().await?;
+                return Ok(Some(outcome));
+            }
+            Resolution::Insert { supersede } => supersede,
+        };
+
+        let r = &encoded.rollback;
+        let inserted: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO rollbacks (rollback_id, wid, checkpoint_id, trigger_ect, scope, status, \
+             requested_by, reason, on_cannot_prepare, request_hash, plan, failed_agents, \
+             superseded_by, evidence_start, evidence_complete, result, created_at, updated_at, \
+             version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, \
+             $15, $16::jsonb, now(), now(), 1) \
+             ON CONFLICT (rollback_id) DO NOTHING RETURNING {ROLLBACK_COLUMNS}"
+        )))
+        .bind(&record.rollback_id)
+        .bind(&record.wid)
+        .bind(&record.checkpoint_id)
+        .bind(&record.trigger_ect)
+        .bind(&r.scope)
+        .bind(RollbackStatus::Accepted.as_str())
+        .bind(&record.requested_by)
+        .bind(&record.reason)
+        .bind(&r.on_cannot_prepare)
+        .bind(&record.request_hash)
+        .bind(&r.plan)
+        .bind(&r.failed_agents)
+        .bind(&record.superseded_by)
+        .bind(&record.evidence_start)
+        .bind(&record.evidence_complete)
+        .bind(&r.result)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(inserted) = inserted else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+
+        if !encoded.steps.is_empty() {
+            let steps = &encoded.steps;
+            sqlx::query(
+                "INSERT INTO rollback_steps (rollback_id, checkpoint_id, agent, rollback_uri, \
+                 rank, critical, reversible, expired, waits_for, prepare_status, \
+                 execute_status, attempts, next_attempt_at, error_code, error_detail, response, \
+                 reused_from, updated_at) \
+                 SELECT $1, checkpoint_id, agent, rollback_uri, rank, critical, reversible, \
+                 expired, waits_for::jsonb, prepare_status, execute_status, attempts, \
+                 next_attempt_at, error_code, error_detail, response::jsonb, reused_from, $18 \
+                 FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int8[], $6::bool[], \
+                 $7::bool[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::int8[], \
+                 $13::timestamptz[], $14::text[], $15::text[], $16::text[], $17::text[]) \
+                 AS u(checkpoint_id, agent, rollback_uri, rank, critical, reversible, expired, \
+                 waits_for, prepare_status, execute_status, attempts, next_attempt_at, \
+                 error_code, error_detail, response, reused_from)",
+            )
+            .bind(&record.rollback_id)
+            .bind(steps_column(steps, |s| s.step.checkpoint_id.as_str()))
+            .bind(steps_column(steps, |s| s.step.agent.as_str()))
+            .bind(steps_column(steps, |s| s.step.rollback_uri.as_deref()))
+            .bind(steps_column(steps, |s| s.rank))
+            .bind(steps_column(steps, |s| s.step.critical))
+            .bind(steps_column(steps, |s| s.step.reversible))
+            .bind(steps_column(steps, |s| s.step.expired))
+            .bind(steps_column(steps, |s| s.waits_for.as_str()))
+            .bind(steps_column(steps, |s| s.prepare_status.as_str()))
+            .bind(steps_column(steps, |s| s.execute_status.as_str()))
+            .bind(steps_column(steps, |s| s.attempts))
+            .bind(steps_column(steps, |s| s.step.next_attempt_at))
+            .bind(steps_column(steps, |s| s.error_code))
+            .bind(steps_column(steps, |s| s.error_detail))
+            .bind(steps_column(steps, |s| s.response.as_deref()))
+            .bind(steps_column(steps, |s| s.step.reused_from.as_deref()))
+            .bind(inserted.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        // One statement per row, in sorted order: the lock order.
+        for id in &supersede {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE rollbacks SET superseded_by = $1, version = version + 1, \
+                 updated_at = now() WHERE rollback_id = $2 AND status IN ({})",
+                *common::ACTIVE_SQL
+            )))
+            .bind(&record.rollback_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(CreateOutcome::Created(inserted.into_record()?)))
+    }
+
+    async fn update_step_once(
+        pool: &PgPool,
+        lease: &Lease,
+        step: &common::EncodedStep<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        // The rollback row first (the lock order), and it carries the fence.
+        let fenced = sqlx::query(
+            "UPDATE rollbacks SET version = version + 1, updated_at = now() \
+             WHERE rollback_id = $1 AND lease_owner = $2 AND fence = $3",
+        )
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&mut *tx)
+        .await?;
+        if fenced.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::LeaseLost(lease.rollback_id.clone()));
+        }
+        let updated = sqlx::query(
+            "UPDATE rollback_steps SET prepare_status = $3, execute_status = $4, attempts = $5, \
+             next_attempt_at = $6, error_code = $7, error_detail = $8, response = $9::jsonb, \
+             reused_from = $10, updated_at = now() \
+             WHERE rollback_id = $1 AND checkpoint_id = $2",
+        )
+        .bind(&lease.rollback_id)
+        .bind(&step.step.checkpoint_id)
+        .bind(&step.prepare_status)
+        .bind(&step.execute_status)
+        .bind(step.attempts)
+        .bind(step.step.next_attempt_at)
+        .bind(step.error_code)
+        .bind(step.error_detail)
+        .bind(&step.response)
+        .bind(&step.step.reused_from)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::NoSuchStep {
+                rollback_id: lease.rollback_id.clone(),
+                checkpoint_id: step.step.checkpoint_id.clone(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn transition_once(
+        pool: &PgPool,
+        rollback_id: &str,
+        expected: RollbackStatus,
+        to: RollbackStatus,
+        result: &Map<String, Value>,
+    ) -> Result<Option<RollbackRecord>, StoreError> {
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        // FOR UPDATE waits for a concurrent decision and then reads what it committed: the
+        // status check below is a compare-and-set.
+        let row: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE rollback_id = $1 FOR UPDATE"
+        )))
+        .bind(rollback_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(StoreError::NoSuchRollback(rollback_id.to_string()));
+        };
+        let current = row.into_record()?;
+        if current.status != expected {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let merged = common::merge_result(rollback_id, current.result, result.clone())?;
+        let merged = common::result_column(&merged)?;
+        let row: RollbackRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET status = $2, result = $3::jsonb, version = version + 1, \
+             updated_at = now(), lease_owner = NULL, lease_until = NULL \
+             WHERE rollback_id = $1 RETURNING {ROLLBACK_COLUMNS}"
+        )))
+        .bind(rollback_id)
+        .bind(to.as_str())
+        .bind(merged)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(row.into_record()?))
+    }
+}
+
+/// One column of the steps, as an array to bind.
+fn steps_column<'a, T>(
+    steps: &'a [common::EncodedStep<'a>],
+    field: impl Fn(&'a common::EncodedStep<'a>) -> T,
+) -> Vec<T> {
+    steps.iter().map(field).collect()
 }

@@ -16,17 +16,28 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::common::{self, AppliedRow, DagNodeRow, EctRow, MetaRow, WorkflowRow};
+use serde_json::{Map, Value};
+
+use super::common::{
+    self, AppliedRow, DagNodeRow, EctRow, LeaseRow, MetaRow, Resolution, RollbackRow, StepRow,
+    WorkflowRow,
+};
 use super::{
     Backend, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page, Store, StoreError,
     WorkflowSummary,
 };
 use crate::dag::DagNode;
+use crate::rollback::model::{
+    CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
+    RollbackRecord, RollbackStatus, StepRecord,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row statement: 15 binds a row keeps a chunk far below SQLite's bind limit.
 const CHUNK: usize = 500;
+/// Steps per multi-row insert (18 binds a step).
+const STEP_CHUNK: usize = 400;
 /// Readers; WAL lets them run beside the single writer.
 const READERS: u32 = 4;
 /// How long a connection waits for a lock held by another process before failing.
@@ -348,6 +359,201 @@ impl Store for SqliteStore {
             .fetch_one(&self.reader)
             .await?)
     }
+
+    async fn create_rollback(
+        &self,
+        new: &NewRollback,
+        decide: &(dyn for<'c> Fn(&'c CreateContext) -> CreateDecision + Send + Sync),
+    ) -> Result<CreateOutcome, StoreError> {
+        let encoded = common::encode_new(new)?;
+        let mut tx = self.begin_write().await?;
+        let result = Self::create_in(&mut tx, new, &encoded, decide).await;
+        finish(tx, result).await
+    }
+
+    async fn get_rollback(
+        &self,
+        rollback_id: &str,
+    ) -> Result<Option<(RollbackRecord, Vec<StepRecord>)>, StoreError> {
+        // One read transaction: one WAL snapshot, so the record's version and its steps agree.
+        let mut tx = self.reader.begin().await?;
+        let row: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE rollback_id = ?"
+        )))
+        .bind(rollback_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let steps: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM rollback_steps WHERE rollback_id = ?"
+        )))
+        .bind(rollback_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(Some((row.into_record()?, common::into_steps(steps)?)))
+    }
+
+    async fn list_rollbacks(
+        &self,
+        filter: &RollbackFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<RollbackRecord>, StoreError> {
+        let after = cursor.map(common::decode_cursor).transpose()?;
+        let limit = common::page_size(limit);
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE 1 = 1"
+        ));
+        if let Some(wid) = &filter.wid {
+            qb.push(" AND wid = ").push_bind(wid);
+        }
+        if let Some(status) = filter.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(after) = after {
+            qb.push(" AND seq > ").push_bind(after);
+        }
+        qb.push(" ORDER BY seq LIMIT ").push_bind(limit + 1);
+        let rows: Vec<RollbackRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+        common::into_page(rows, limit, |r| r.seq, RollbackRow::into_record)
+    }
+
+    async fn claim_next_rollback(
+        &self,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = common::now();
+        let until = common::lease_end(now, lease_for)?;
+        // One statement on the single writer: no other claim can interleave.
+        let row: Option<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET {CLAIM_SET} WHERE rollback_id = (\
+             SELECT rollback_id FROM rollbacks WHERE status IN ({}) \
+             AND (lease_until IS NULL OR lease_until <= ?) ORDER BY seq LIMIT 1) \
+             RETURNING rollback_id, lease_owner, fence, lease_until",
+            *common::WORKABLE_SQL
+        )))
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(now)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(Lease::from))
+    }
+
+    async fn claim_rollback(
+        &self,
+        rollback_id: &str,
+        owner: &str,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = common::now();
+        let until = common::lease_end(now, lease_for)?;
+        let row: Option<LeaseRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET {CLAIM_SET} WHERE rollback_id = ? AND status IN ({}) \
+             AND (lease_until IS NULL OR lease_until <= ?) \
+             RETURNING rollback_id, lease_owner, fence, lease_until",
+            *common::WORKABLE_SQL
+        )))
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(rollback_id)
+        .bind(now)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(Lease::from))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, lease_for: Duration) -> Result<Lease, StoreError> {
+        let now = common::now();
+        let row: Option<LeaseRow> = sqlx::query_as(
+            "UPDATE rollbacks SET lease_until = ?, version = version + 1, updated_at = ? \
+             WHERE rollback_id = ? AND lease_owner = ? AND fence = ? \
+             RETURNING rollback_id, lease_owner, fence, lease_until",
+        )
+        .bind(common::lease_end(now, lease_for)?)
+        .bind(now)
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .fetch_optional(&self.writer)
+        .await?;
+        row.map(Lease::from)
+            .ok_or_else(|| StoreError::LeaseLost(lease.rollback_id.clone()))
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE rollbacks SET lease_owner = NULL, lease_until = NULL, \
+             version = version + 1, updated_at = ? \
+             WHERE rollback_id = ? AND lease_owner = ? AND fence = ?",
+        )
+        .bind(common::now())
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn update_rollback(
+        &self,
+        lease: &Lease,
+        record: &RollbackRecord,
+    ) -> Result<RollbackRecord, StoreError> {
+        common::check_lease_target(lease, &record.rollback_id)?;
+        let e = common::encode_rollback(record)?;
+        let row: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET status = ?, failed_agents = ?, \
+             superseded_by = COALESCE(superseded_by, ?), evidence_start = ?, \
+             evidence_complete = ?, result = ?, version = version + 1, updated_at = ? \
+             WHERE rollback_id = ? AND lease_owner = ? AND fence = ? \
+             RETURNING {ROLLBACK_COLUMNS}"
+        )))
+        .bind(record.status.as_str())
+        .bind(&e.failed_agents)
+        .bind(&record.superseded_by)
+        .bind(&record.evidence_start)
+        .bind(&record.evidence_complete)
+        .bind(&e.result)
+        .bind(common::now())
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            Some(row) => row.into_record(),
+            None => Err(StoreError::LeaseLost(lease.rollback_id.clone())),
+        }
+    }
+
+    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError> {
+        common::check_lease_target(lease, &step.rollback_id)?;
+        let encoded = common::encode_step(step)?;
+        let mut tx = self.begin_write().await?;
+        let result = Self::update_step_in(&mut tx, lease, &encoded).await;
+        finish(tx, result).await
+    }
+
+    async fn transition_rollback(
+        &self,
+        rollback_id: &str,
+        expected: RollbackStatus,
+        to: RollbackStatus,
+        result: Map<String, Value>,
+    ) -> Result<Option<RollbackRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let outcome = Self::transition_in(&mut tx, rollback_id, expected, to, result).await;
+        finish(tx, outcome).await
+    }
 }
 
 impl SqliteStore {
@@ -374,5 +580,258 @@ impl SqliteStore {
             nodes.push(row.into_node()?);
         }
         Ok(nodes)
+    }
+}
+
+// ---- Rollbacks ----
+//
+// Clock: the process clock (`common::now()`), bound into every statement. A SQLite file is
+// shared only by processes of one machine, so this is the database's clock as well.
+//
+// Per-workflow lock: the write transaction itself (`BEGIN IMMEDIATE` on the single writer
+// connection), which serialises every write to the file, not only one workflow's.
+// Single-statement writes (claims, lease changes) run without an explicit transaction: one
+// statement is atomic.
+
+const ROLLBACK_COLUMNS: &str = "seq, rollback_id, wid, checkpoint_id, trigger_ect, scope, \
+     status, requested_by, reason, on_cannot_prepare, request_hash, plan, failed_agents, \
+     superseded_by, evidence_start, evidence_complete, result, created_at, updated_at, version";
+
+const STEP_COLUMNS: &str = "rollback_id, checkpoint_id, agent, rollback_uri, rank, critical, \
+     reversible, expired, waits_for, prepare_status, execute_status, attempts, next_attempt_at, \
+     error_code, error_detail, response, reused_from, updated_at";
+
+/// The claim's assignments; binds: owner, lease end, now.
+const CLAIM_SET: &str = "lease_owner = ?, lease_until = ?, fence = fence + 1, \
+     version = version + 1, updated_at = ?";
+
+impl SqliteStore {
+    async fn create_in(
+        tx: &mut sqlx::SqliteConnection,
+        new: &NewRollback,
+        encoded: &common::EncodedNew<'_>,
+        decide: &(dyn for<'c> Fn(&'c CreateContext) -> CreateDecision + Send + Sync),
+    ) -> Result<CreateOutcome, StoreError> {
+        let record = &new.record;
+        let now = common::now();
+        let existing: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE rollback_id = ?"
+        )))
+        .bind(&record.rollback_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let active: Vec<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE wid = ? AND status IN ({}) \
+             ORDER BY seq",
+            *common::ACTIVE_SQL
+        )))
+        .bind(&record.wid)
+        .fetch_all(&mut *tx)
+        .await?;
+        let steps: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STEP_COLUMNS} FROM rollback_steps WHERE rollback_id IN \
+             (SELECT rollback_id FROM rollbacks WHERE wid = ? AND status IN ({}))",
+            *common::ACTIVE_SQL
+        )))
+        .bind(&record.wid)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ctx = CreateContext {
+            existing: existing.map(RollbackRow::into_record).transpose()?,
+            active: common::active_rollbacks(
+                active
+                    .into_iter()
+                    .map(RollbackRow::into_record)
+                    .collect::<Result<_, _>>()?,
+                steps,
+            )?,
+        };
+
+        let supersede = match common::resolve(&ctx, &record.rollback_id, decide(&ctx))? {
+            Resolution::Answer(outcome) => return Ok(outcome),
+            Resolution::Insert { supersede } => supersede,
+        };
+
+        let r = &encoded.rollback;
+        let inserted: RollbackRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO rollbacks (rollback_id, wid, checkpoint_id, trigger_ect, scope, status, \
+             requested_by, reason, on_cannot_prepare, request_hash, plan, failed_agents, \
+             superseded_by, evidence_start, evidence_complete, result, created_at, updated_at, \
+             version) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) \
+             RETURNING {ROLLBACK_COLUMNS}"
+        )))
+        .bind(&record.rollback_id)
+        .bind(&record.wid)
+        .bind(&record.checkpoint_id)
+        .bind(&record.trigger_ect)
+        .bind(&r.scope)
+        .bind(RollbackStatus::Accepted.as_str())
+        .bind(&record.requested_by)
+        .bind(&record.reason)
+        .bind(&r.on_cannot_prepare)
+        .bind(&record.request_hash)
+        .bind(&r.plan)
+        .bind(&r.failed_agents)
+        .bind(&record.superseded_by)
+        .bind(&record.evidence_start)
+        .bind(&record.evidence_complete)
+        .bind(&r.result)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        for chunk in encoded.steps.chunks(STEP_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rollback_steps (rollback_id, checkpoint_id, agent, rollback_uri, \
+                 rank, critical, reversible, expired, waits_for, prepare_status, \
+                 execute_status, attempts, next_attempt_at, error_code, error_detail, response, \
+                 reused_from, updated_at) ",
+            );
+            qb.push_values(chunk, |mut row, s| {
+                row.push_bind(&record.rollback_id)
+                    .push_bind(&s.step.checkpoint_id)
+                    .push_bind(&s.step.agent)
+                    .push_bind(&s.step.rollback_uri)
+                    .push_bind(s.rank)
+                    .push_bind(s.step.critical)
+                    .push_bind(s.step.reversible)
+                    .push_bind(s.step.expired)
+                    .push_bind(&s.waits_for)
+                    .push_bind(&s.prepare_status)
+                    .push_bind(&s.execute_status)
+                    .push_bind(s.attempts)
+                    .push_bind(s.step.next_attempt_at)
+                    .push_bind(s.error_code)
+                    .push_bind(s.error_detail)
+                    .push_bind(&s.response)
+                    .push_bind(&s.step.reused_from)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+
+        for id in &supersede {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE rollbacks SET superseded_by = ?, version = version + 1, updated_at = ? \
+                 WHERE rollback_id = ? AND status IN ({})",
+                *common::ACTIVE_SQL
+            )))
+            .bind(&record.rollback_id)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(CreateOutcome::Created(inserted.into_record()?))
+    }
+
+    async fn update_step_in(
+        tx: &mut sqlx::SqliteConnection,
+        lease: &Lease,
+        step: &common::EncodedStep<'_>,
+    ) -> Result<(), StoreError> {
+        let now = common::now();
+        let fenced = sqlx::query(
+            "UPDATE rollbacks SET version = version + 1, updated_at = ? \
+             WHERE rollback_id = ? AND lease_owner = ? AND fence = ?",
+        )
+        .bind(now)
+        .bind(&lease.rollback_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&mut *tx)
+        .await?;
+        if fenced.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(lease.rollback_id.clone()));
+        }
+        let updated = sqlx::query(
+            "UPDATE rollback_steps SET prepare_status = ?, execute_status = ?, attempts = ?, \
+             next_attempt_at = ?, error_code = ?, error_detail = ?, response = ?, \
+             reused_from = ?, updated_at = ? \
+             WHERE rollback_id = ? AND checkpoint_id = ?",
+        )
+        .bind(&step.prepare_status)
+        .bind(&step.execute_status)
+        .bind(step.attempts)
+        .bind(step.step.next_attempt_at)
+        .bind(step.error_code)
+        .bind(step.error_detail)
+        .bind(&step.response)
+        .bind(&step.step.reused_from)
+        .bind(now)
+        .bind(&lease.rollback_id)
+        .bind(&step.step.checkpoint_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NoSuchStep {
+                rollback_id: lease.rollback_id.clone(),
+                checkpoint_id: step.step.checkpoint_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn transition_in(
+        tx: &mut sqlx::SqliteConnection,
+        rollback_id: &str,
+        expected: RollbackStatus,
+        to: RollbackStatus,
+        result: Map<String, Value>,
+    ) -> Result<Option<RollbackRecord>, StoreError> {
+        let row: Option<RollbackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ROLLBACK_COLUMNS} FROM rollbacks WHERE rollback_id = ?"
+        )))
+        .bind(rollback_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NoSuchRollback(rollback_id.to_string()));
+        };
+        let current = row.into_record()?;
+        if current.status != expected {
+            return Ok(None);
+        }
+        let merged = common::merge_result(rollback_id, current.result, result)?;
+        let merged = common::result_column(&merged)?;
+        let row: RollbackRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE rollbacks SET status = ?, result = ?, version = version + 1, \
+             updated_at = ?, lease_owner = NULL, lease_until = NULL \
+             WHERE rollback_id = ? RETURNING {ROLLBACK_COLUMNS}"
+        )))
+        .bind(to.as_str())
+        .bind(merged)
+        .bind(common::now())
+        .bind(rollback_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(Some(row.into_record()?))
+    }
+
+    /// The write transaction of a multi-statement write. IMMEDIATE takes the write lock before
+    /// the first read, so what is read is what the write applies to, even with another process
+    /// on the same file.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Commits when the transaction's work succeeded, rolls back otherwise: a refused write
+/// (stale lease, missing step, contradictory decision) leaves nothing behind.
+async fn finish<T>(
+    tx: sqlx::Transaction<'_, Sqlite>,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
     }
 }
