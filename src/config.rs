@@ -488,9 +488,14 @@ impl Config {
             return Err(key_error("rollback.lease_s", "must be at least 3 seconds"));
         }
         if self.rollback.max_concurrency == 0 || self.rollback.max_active == 0 {
-            return Err(key_error("rollback.max_concurrency", "must be at least 1 (and rollback.max_active too)"));
+            return Err(key_error(
+                "rollback.max_concurrency",
+                "must be at least 1 (and rollback.max_active too)",
+            ));
         }
-        if self.rollback.agent_timeout_ms == 0 || self.rollback.agent_timeout_ms >= self.limits.request_timeout_s.saturating_mul(1000) {
+        if self.rollback.agent_timeout_ms == 0
+            || self.rollback.agent_timeout_ms >= self.limits.request_timeout_s.saturating_mul(1000)
+        {
             return Err(key_error(
                 "rollback.agent_timeout_ms",
                 "must be above 0 and shorter than limits.request_timeout_s (a call to an agent must time out before its caller does)",

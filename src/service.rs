@@ -8,10 +8,16 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::AsyncWriteExt;
 
+use std::time::Duration;
+
+use crate::agents::{AgentClient, CallSettings};
+use crate::api::rollbacks::RequestLimiter;
 use crate::api::{AppState, Authenticator};
 use crate::config::{Config, Role};
 use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
 use crate::ledger::Ledger;
+use crate::rollback::driver::{Coordinator, DriverSettings};
+use crate::rollback::evidence::EvidenceSigner;
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,8 @@ pub enum ServiceError {
 /// Everything `serve` prepared, before it listens.
 pub struct Prepared {
     pub state: AppState,
+    /// The rollback worker; `run` starts it beside the server.
+    pub coordinator: Arc<Coordinator>,
     /// Lines worth showing the operator at start (where the key and token are).
     pub notices: Vec<String>,
 }
@@ -82,11 +90,40 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
             message,
         })
     })?;
-    let verifier = Arc::new(Verifier::new(Arc::new(trust), policy));
+    let trust = Arc::new(trust);
+    let verifier = Arc::new(Verifier::new(trust.clone(), policy));
     let ledger = Arc::new(Ledger::new(
         store.clone(),
         verifier,
         config.ect.clock_skew_s,
+    ));
+    let signing_key = Arc::new(signing_key);
+
+    let agents = AgentClient::new(trust, CallSettings::from_config(&config.rollback))
+        .map_err(|e| ServiceError::Trust(format!("agent client: {e}")))?;
+    let evidence = EvidenceSigner::new(
+        signing_key.clone(),
+        &config.coordinator_id,
+        config.ect.profile,
+        config.rollback.evidence_ttl_s,
+    );
+    let coordinator = Coordinator::new(
+        store.clone(),
+        ledger.clone(),
+        Arc::new(agents),
+        evidence,
+        DriverSettings {
+            owner: format!("{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            lease: Duration::from_secs(config.rollback.lease_s),
+            max_concurrency: config.rollback.max_concurrency,
+            step_deadline: Duration::from_secs(config.rollback.step_deadline_s),
+            poll_interval: Duration::from_millis(config.rollback.poll_ms.max(10)),
+            max_rollbacks: config.rollback.max_active,
+        },
+    );
+    let rollback_limiter = Arc::new(RequestLimiter::new(
+        config.rollback.requests_per_s,
+        config.rollback.requests_burst,
     ));
 
     let mut auth = Authenticator::new(&config.auth.tokens);
@@ -97,10 +134,16 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         store,
         ledger,
         auth: Arc::new(auth),
-        signing_key: Arc::new(signing_key),
+        signing_key,
         metrics: metrics_handle(),
+        coordinator: Some(coordinator.clone()),
+        rollback_limiter,
     };
-    Ok(Prepared { state, notices })
+    Ok(Prepared {
+        state,
+        coordinator,
+        notices,
+    })
 }
 
 /// Prepares, listens and serves until `shutdown` completes; in-flight requests finish first.
@@ -120,9 +163,25 @@ pub async fn run(
     println!("unwind: listening on http://{local}");
     tracing::info!(%local, "listening");
     let app = crate::api::router(prepared.state);
-    serve(listener, app, shutdown)
-        .await
-        .map_err(ServiceError::Serve)?;
+    // One signal stops both the server and the rollback worker.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(prepared.coordinator.run(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    };
+    let mut rx = stop_rx;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    serve(listener, app, async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    })
+    .await
+    .map_err(ServiceError::Serve)?;
+    let _ = worker.await;
     tracing::info!("stopped");
     Ok(())
 }

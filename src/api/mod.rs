@@ -5,6 +5,7 @@ pub mod auth;
 pub mod ects;
 pub mod ops;
 pub mod problem;
+pub mod rollbacks;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub struct AppState {
     pub signing_key: Arc<SigningKey>,
     /// Renders `/metrics`; `None` when no recorder is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Drives rollbacks; woken when a request or a decision arrives.
+    pub coordinator: Option<Arc<crate::rollback::driver::Coordinator>>,
+    pub rollback_limiter: Arc<rollbacks::RequestLimiter>,
 }
 
 #[derive(OpenApi)]
@@ -53,6 +57,7 @@ pub struct AppState {
     tags(
         (name = "ledger", description = "Ingest and read Execution Context Tokens"),
         (name = "workflows", description = "Workflow DAGs and blast radius"),
+        (name = "rollbacks", description = "Two-phase rollbacks, their progress and decisions"),
         (name = "operations", description = "Health, readiness, metrics and keys"),
     )
 )]
@@ -81,6 +86,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ects::router())
         .merge(workflows::router())
+        .merge(rollbacks::router())
         .merge(ops::router())
 }
 

@@ -5,9 +5,11 @@
 //! - [`model`]: the persisted rollback: status machine, steps, leases, conflict context.
 
 pub mod conflict;
+pub mod driver;
 pub mod evidence;
 pub mod model;
 pub mod planner;
+pub mod request;
 
 pub use model::{
     ExecuteStatus, Lease, OnCannotPrepare, PrepareStatus, RollbackRecord, RollbackStatus,

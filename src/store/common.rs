@@ -662,6 +662,8 @@ pub(crate) fn encode_new(new: &NewRollback) -> Result<EncodedNew<'_>, StoreError
 }
 
 /// What a transaction of `create_rollback` does once `decide` has answered.
+// Short-lived, one per request: boxing the answer would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Resolution {
     /// Nothing to write: answer this.

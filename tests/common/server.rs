@@ -32,6 +32,7 @@ pub struct TestServer {
     pub coordinator_id: String,
     pub dir: PathBuf,
     task: JoinHandle<()>,
+    worker: JoinHandle<()>,
     _store: TestStore,
     _tmp: tempfile::TempDir,
 }
@@ -39,6 +40,7 @@ pub struct TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.worker.abort();
     }
 }
 
@@ -120,6 +122,12 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
 
     let prepared = unwind::service::prepare(config).await.unwrap();
     let store = prepared.state.store.clone();
+    let worker = tokio::spawn(
+        prepared
+            .coordinator
+            .clone()
+            .run(std::future::pending::<()>()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = unwind::api::router(prepared.state);
@@ -141,6 +149,7 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
         coordinator_id,
         dir,
         task,
+        worker,
         _store: test_store,
         _tmp: tmp,
     }

@@ -1,0 +1,729 @@
+//! The rollback driver: a worker claims a rollback with a lease and moves it through the state
+//! machine of design.md §6, persisting every step's result before the next decision, so that
+//! a worker that dies is replaced by another that resumes where it stopped.
+//!
+//! Exactly-once towards agents rests on two things: every call carries the rollback's id (an
+//! agent answers a repeated id with its stored answer), and every write is fenced by the lease
+//! (a worker that lost its lease can no longer change anything). Evidence is signed once: the
+//! token is persisted in the rollback before it is recorded in the ledger, and a resumed worker
+//! reuses it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::evidence::EvidenceSigner;
+use super::model::{
+    ExecuteStatus, Lease, PrepareStatus, RollbackFilter, RollbackRecord, RollbackStatus, StepError,
+    StepRecord,
+};
+use crate::agents::{AgentClient, ExecuteResult, Final, PrepareAnswer, StepCall};
+use crate::ledger::Ledger;
+use crate::store::{Store, StoreError};
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// Identifies this worker in leases (replica id + process).
+    pub owner: String,
+    pub lease: Duration,
+    /// Concurrent agent calls of one rollback.
+    pub max_concurrency: usize,
+    pub step_deadline: Duration,
+    /// How often to look for work when nothing wakes the worker.
+    pub poll_interval: Duration,
+    /// Rollbacks one worker drives at the same time.
+    pub max_rollbacks: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("evidence: {0}")]
+    Evidence(String),
+}
+
+/// Result key under which a signed-but-not-yet-recorded evidence token is kept.
+const PENDING_START: &str = "evidence_start_token";
+const PENDING_COMPLETE: &str = "evidence_complete_token";
+
+/// Drives rollbacks; one per process, any number of processes per database.
+pub struct Coordinator {
+    store: Arc<dyn Store>,
+    ledger: Arc<Ledger>,
+    agents: Arc<AgentClient>,
+    evidence: EvidenceSigner,
+    settings: DriverSettings,
+    wake: Notify,
+}
+
+impl Coordinator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ledger: Arc<Ledger>,
+        agents: Arc<AgentClient>,
+        evidence: EvidenceSigner,
+        settings: DriverSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            ledger,
+            agents,
+            evidence,
+            settings,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Tells the worker there may be new work (a new rollback, a decision).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Claims and drives rollbacks until `shutdown` completes.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.settings.max_rollbacks.max(1),
+        ));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => return,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let claimed = self
+                .store
+                .claim_next_rollback(&self.settings.owner, self.settings.lease)
+                .await;
+            match claimed {
+                Ok(Some(lease)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let id = lease.rollback_id.clone();
+                        if let Err(e) = me.drive(lease).await {
+                            tracing::warn!(rollback_id = %id, error = %e, "rollback interrupted; it resumes when its lease expires");
+                        }
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Ok(None) => drop(permit),
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "cannot claim rollbacks");
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(self.settings.poll_interval) => {},
+            }
+        }
+    }
+
+    /// Moves one rollback as far as it can go under `lease`.
+    pub async fn drive(&self, lease: Lease) -> Result<(), DriveError> {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let (store, lease, lost, period) = (
+                self.store.clone(),
+                lease.clone(),
+                lost.clone(),
+                self.settings.lease / 3,
+            );
+            let lease_for = self.settings.lease;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    if store.renew_lease(&lease, lease_for).await.is_err() {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        };
+        let outcome = self.drive_leased(&lease, &lost).await;
+        renewer.abort();
+        if !lost.load(Ordering::SeqCst) {
+            let _ = self.store.release_lease(&lease).await;
+        }
+        outcome
+    }
+
+    async fn drive_leased(&self, lease: &Lease, lost: &AtomicBool) -> Result<(), DriveError> {
+        loop {
+            if lost.load(Ordering::SeqCst) {
+                return Err(StoreError::LeaseLost(lease.rollback_id.clone()).into());
+            }
+            let Some((mut rb, mut steps)) = self.store.get_rollback(&lease.rollback_id).await?
+            else {
+                return Err(StoreError::NoSuchRollback(lease.rollback_id.clone()).into());
+            };
+            if rb.status.is_terminal() || rb.status == RollbackStatus::AwaitingDecision {
+                return Ok(());
+            }
+            if rb.superseded_by.is_some() {
+                return self
+                    .finish(lease, &mut rb, &steps, Some(RollbackStatus::Superseded))
+                    .await;
+            }
+            match rb.status {
+                RollbackStatus::Accepted => {
+                    if self.waits_for_superseded(&rb).await? {
+                        // The rollbacks it replaces have not stopped yet: look again shortly.
+                        tokio::time::sleep(self.settings.poll_interval).await;
+                        continue;
+                    }
+                    self.reuse_superseded_steps(lease, &rb, &mut steps).await?;
+                    self.record_start(lease, &mut rb).await?;
+                    rb.status = RollbackStatus::Preparing;
+                    self.save(lease, &mut rb).await?;
+                }
+                RollbackStatus::Preparing => self.prepare_phase(lease, &mut rb, &mut steps).await?,
+                RollbackStatus::Executing => {
+                    self.execute_phase(lease, &mut rb, &mut steps, lost).await?;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// True while a rollback this one supersedes is still running.
+    async fn waits_for_superseded(&self, rb: &RollbackRecord) -> Result<bool, DriveError> {
+        Ok(self
+            .superseded_by_me(rb)
+            .await?
+            .iter()
+            .any(|r| !r.status.is_terminal()))
+    }
+
+    async fn superseded_by_me(
+        &self,
+        rb: &RollbackRecord,
+    ) -> Result<Vec<RollbackRecord>, DriveError> {
+        let filter = RollbackFilter {
+            wid: Some(rb.wid.clone()),
+            status: None,
+        };
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_rollbacks(&filter, cursor.as_deref(), 1000)
+                .await?;
+            out.extend(
+                page.items
+                    .into_iter()
+                    .filter(|r| r.superseded_by.as_deref() == Some(&rb.rollback_id)),
+            );
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Steps that a superseded rollback already undid are not run again (design.md §7).
+    async fn reuse_superseded_steps(
+        &self,
+        lease: &Lease,
+        rb: &RollbackRecord,
+        steps: &mut [StepRecord],
+    ) -> Result<(), DriveError> {
+        for old in self.superseded_by_me(rb).await? {
+            let Some((_, old_steps)) = self.store.get_rollback(&old.rollback_id).await? else {
+                continue;
+            };
+            for done in old_steps.iter().filter(|s| s.execute_status.is_undone()) {
+                if let Some(step) = steps.iter_mut().find(|s| {
+                    s.checkpoint_id == done.checkpoint_id
+                        && s.execute_status == ExecuteStatus::Pending
+                }) {
+                    step.prepare_status = done.prepare_status;
+                    step.execute_status = done.execute_status;
+                    step.response = done.response.clone();
+                    step.reused_from = Some(old.rollback_id.clone());
+                    self.store.update_step(lease, step).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs `rollback_start` once (the token is kept in the rollback before it is recorded).
+    async fn record_start(&self, lease: &Lease, rb: &mut RollbackRecord) -> Result<(), DriveError> {
+        if rb.evidence_start.is_some() && result_str(rb, PENDING_START).is_none() {
+            return Ok(());
+        }
+        let token = match result_str(rb, PENDING_START) {
+            Some(token) => token,
+            None => {
+                let ev = self
+                    .evidence
+                    .rollback_start(rb, chrono::Utc::now().timestamp())
+                    .map_err(|e| DriveError::Evidence(e.to_string()))?;
+                rb.evidence_start = Some(ev.jti);
+                set_result(rb, PENDING_START, Value::String(ev.token.clone()));
+                self.save(lease, rb).await?;
+                ev.token
+            }
+        };
+        self.record_evidence(&token).await?;
+        set_result(rb, PENDING_START, Value::Null);
+        self.save(lease, rb).await?;
+        Ok(())
+    }
+
+    async fn record_evidence(&self, token: &str) -> Result<(), DriveError> {
+        let results = self
+            .ledger
+            .ingest(&[token.to_string()])
+            .await
+            .map_err(|e| DriveError::Evidence(e.to_string()))?;
+        match results.first().map(|r| &r.outcome) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(rejection)) => Err(DriveError::Evidence(format!(
+                "the ledger refused it: {rejection}"
+            ))),
+            None => Err(DriveError::Evidence("no ingest result".into())),
+        }
+    }
+
+    /// The coordinator's `rollback_start` token, sent as every call's `Execution-Context`.
+    async fn context_token(&self, rb: &RollbackRecord) -> Result<String, DriveError> {
+        let jti = rb
+            .evidence_start
+            .as_deref()
+            .ok_or_else(|| DriveError::Evidence("rollback_start missing".into()))?;
+        let record = self.store.get_ect(jti).await?.ok_or_else(|| {
+            DriveError::Evidence(format!("rollback_start {jti} is not in the ledger"))
+        })?;
+        Ok(record.token)
+    }
+
+    async fn prepare_phase(
+        &self,
+        lease: &Lease,
+        rb: &mut RollbackRecord,
+        steps: &mut [StepRecord],
+    ) -> Result<(), DriveError> {
+        if take_decision(rb).as_deref() == Some("retry") {
+            // Steps that did not prepare are asked again; the rest keep their results.
+            for step in steps.iter_mut().filter(|s| {
+                s.execute_status == ExecuteStatus::Pending
+                    || s.execute_status == ExecuteStatus::Skipped
+            }) {
+                if step.prepare_status != PrepareStatus::Prepared && step.reversible {
+                    step.prepare_status = PrepareStatus::Pending;
+                    step.execute_status = ExecuteStatus::Pending;
+                    step.error = None;
+                    self.store.update_step(lease, step).await?;
+                }
+            }
+            rb.failed_agents.clear();
+            self.save(lease, rb).await?;
+        }
+        let context = self.context_token(rb).await?;
+        let rollback_id = rb.rollback_id.clone();
+        let scope = rb.scope.as_str();
+        let deadline = tokio::time::Instant::now() + self.settings.step_deadline;
+        let mut pending = Vec::new();
+        for (i, step) in steps.iter_mut().enumerate() {
+            if step.prepare_status != PrepareStatus::Pending
+                || step.execute_status != ExecuteStatus::Pending
+            {
+                continue;
+            }
+            if !step.reversible {
+                step.prepare_status = PrepareStatus::CannotPrepare;
+                step.execute_status = ExecuteStatus::Escalated;
+                step.error = Some(err(
+                    "irreversible",
+                    "the checkpoint is irreversible: a person must decide",
+                ));
+                self.store.update_step(lease, step).await?;
+            } else if step.expired {
+                step.prepare_status = PrepareStatus::CannotPrepare;
+                step.error = Some(err("checkpoint_expired", "the checkpoint's TTL has passed"));
+                self.store.update_step(lease, step).await?;
+            } else {
+                pending.push(i);
+            }
+        }
+        let mut calls = FuturesUnordered::new();
+        let mut queue = pending.into_iter();
+        loop {
+            while calls.len() < self.settings.max_concurrency.max(1) {
+                let Some(i) = queue.next() else { break };
+                let step = steps[i].clone();
+                let (context, rollback_id) = (context.as_str(), rollback_id.as_str());
+                calls.push(async move {
+                    let attempts = AtomicU32::new(0);
+                    let call = StepCall {
+                        agent: &step.agent,
+                        rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
+                        rollback_id,
+                        checkpoint_id: &step.checkpoint_id,
+                        scope,
+                        context,
+                    };
+                    let answer = self
+                        .agents
+                        .prepare(&call, deadline, |_| {
+                            attempts.fetch_add(1, Ordering::Relaxed);
+                        })
+                        .await;
+                    (i, answer, attempts.load(Ordering::Relaxed))
+                });
+            }
+            let Some((i, answer, attempts)) = calls.next().await else {
+                break;
+            };
+            let step = &mut steps[i];
+            step.attempts = step.attempts.saturating_add(attempts);
+            match answer {
+                Final::Answer(PrepareAnswer::Prepared) => {
+                    step.prepare_status = PrepareStatus::Prepared;
+                    step.error = None;
+                }
+                Final::Answer(PrepareAnswer::CannotPrepare { reason, .. }) => {
+                    step.prepare_status = PrepareStatus::CannotPrepare;
+                    step.error = Some(err("cannot_prepare", &reason));
+                }
+                Final::Failed(e) | Final::DeadlinePassed(e) => {
+                    step.prepare_status = PrepareStatus::Unreachable;
+                    step.error = Some(err(e.code, &e.detail));
+                }
+            }
+            self.store.update_step(lease, step).await?;
+        }
+
+        let blocked: Vec<&StepRecord> = steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.prepare_status,
+                    PrepareStatus::CannotPrepare | PrepareStatus::Unreachable
+                )
+            })
+            .filter(|s| {
+                s.execute_status == ExecuteStatus::Pending
+                    || s.execute_status == ExecuteStatus::Escalated
+            })
+            .collect();
+        use super::model::OnCannotPrepare as O;
+        let critical_blocked = blocked.iter().any(|s| s.critical);
+        let next = match (rb.on_cannot_prepare, blocked.is_empty()) {
+            (_, true) => RollbackStatus::Executing,
+            (O::Abort, false) => {
+                return self
+                    .finish(lease, rb, steps, Some(RollbackStatus::Aborted))
+                    .await;
+            }
+            (O::Escalate, false) => RollbackStatus::AwaitingDecision,
+            (O::Auto, false) if critical_blocked => RollbackStatus::AwaitingDecision,
+            (O::Auto | O::Partial, false) => {
+                self.skip_blocked(lease, steps).await?;
+                RollbackStatus::Executing
+            }
+        };
+        rb.status = next;
+        self.save(lease, rb).await?;
+        Ok(())
+    }
+
+    /// Blocked steps give way: a skipped step no longer holds back its ancestors.
+    async fn skip_blocked(
+        &self,
+        lease: &Lease,
+        steps: &mut [StepRecord],
+    ) -> Result<(), DriveError> {
+        for step in steps.iter_mut() {
+            if step.execute_status == ExecuteStatus::Pending
+                && matches!(
+                    step.prepare_status,
+                    PrepareStatus::CannotPrepare | PrepareStatus::Unreachable
+                )
+            {
+                step.execute_status = ExecuteStatus::Skipped;
+                self.store.update_step(lease, step).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute_phase(
+        &self,
+        lease: &Lease,
+        rb: &mut RollbackRecord,
+        steps: &mut [StepRecord],
+        lost: &AtomicBool,
+    ) -> Result<(), DriveError> {
+        match take_decision(rb).as_deref() {
+            Some("abort") => {
+                return self
+                    .finish(lease, rb, steps, Some(RollbackStatus::Aborted))
+                    .await;
+            }
+            Some("proceed_partial") => {
+                self.save(lease, rb).await?;
+                self.skip_blocked(lease, steps).await?;
+            }
+            _ => {}
+        }
+        let context = self.context_token(rb).await?;
+        let rollback_id = rb.rollback_id.clone();
+        let scope = rb.scope.as_str();
+        let deadline = tokio::time::Instant::now() + self.settings.step_deadline;
+        let index: HashMap<String, usize> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.checkpoint_id.clone(), i))
+            .collect();
+        let mut running: BTreeSet<usize> = BTreeSet::new();
+        let mut calls = FuturesUnordered::new();
+        let mut critical_failed = false;
+        let mut superseded = false;
+        let mut last_check: Option<std::time::Instant> = None;
+        loop {
+            // A step boundary: a broader rollback may have taken this one over. Looked up at
+            // most every 100 ms, so a wide rollback does not read itself once per step.
+            let due = last_check.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+            if due && !superseded && !critical_failed && !lost.load(Ordering::SeqCst) {
+                last_check = Some(std::time::Instant::now());
+                if let Some((fresh, _)) = self.store.get_rollback(&rb.rollback_id).await? {
+                    superseded = fresh.superseded_by.is_some();
+                }
+            }
+            if !superseded && !critical_failed {
+                let ready: Vec<usize> = (0..steps.len())
+                    .filter(|&i| !running.contains(&i))
+                    .filter(|&i| {
+                        steps[i].execute_status == ExecuteStatus::Pending
+                            && steps[i].prepare_status == PrepareStatus::Prepared
+                    })
+                    .filter(|&i| {
+                        steps[i].waits_for.iter().all(|w| {
+                            index
+                                .get(w)
+                                .is_none_or(|&j| steps[j].execute_status.is_final())
+                        })
+                    })
+                    .collect();
+                for i in ready {
+                    if calls.len() >= self.settings.max_concurrency.max(1) {
+                        break;
+                    }
+                    running.insert(i);
+                    let step = steps[i].clone();
+                    let (context, rollback_id) = (context.as_str(), rollback_id.as_str());
+                    calls.push(async move {
+                        let attempts = AtomicU32::new(0);
+                        let call = StepCall {
+                            agent: &step.agent,
+                            rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
+                            rollback_id,
+                            checkpoint_id: &step.checkpoint_id,
+                            scope,
+                            context,
+                        };
+                        let started = std::time::Instant::now();
+                        let answer = self
+                            .agents
+                            .execute(&call, deadline, |_| {
+                                attempts.fetch_add(1, Ordering::Relaxed);
+                            })
+                            .await;
+                        metrics::histogram!("unwind_rollback_step_seconds")
+                            .record(started.elapsed());
+                        (i, answer, attempts.load(Ordering::Relaxed))
+                    });
+                }
+            }
+            let Some((i, answer, attempts)) = calls.next().await else {
+                break;
+            };
+            running.remove(&i);
+            let step = &mut steps[i];
+            step.attempts = step.attempts.saturating_add(attempts);
+            match answer {
+                Final::Answer(a) => {
+                    step.execute_status = match a.status {
+                        ExecuteResult::Completed => ExecuteStatus::Completed,
+                        ExecuteResult::Compensated => ExecuteStatus::Compensated,
+                        ExecuteResult::Failed => ExecuteStatus::Failed,
+                        ExecuteResult::Escalated => ExecuteStatus::Escalated,
+                    };
+                    step.error = match step.execute_status {
+                        ExecuteStatus::Failed => Some(err(
+                            "agent_failed",
+                            "the agent could not undo the checkpoint",
+                        )),
+                        ExecuteStatus::Escalated => {
+                            Some(err("agent_escalated", "the agent asks a person to decide"))
+                        }
+                        _ => None,
+                    };
+                    if let Some(token) = &a.ect {
+                        self.record_agent_ect(&step.agent, token).await;
+                    }
+                    step.response = Some(a.raw.clone());
+                }
+                Final::Failed(e) | Final::DeadlinePassed(e) => {
+                    step.execute_status = ExecuteStatus::Failed;
+                    step.error = Some(err(e.code, &e.detail));
+                }
+            }
+            self.store.update_step(lease, step).await?;
+            if step.critical && !step.execute_status.is_undone() {
+                critical_failed = true;
+            }
+        }
+        if superseded {
+            return self
+                .finish(lease, rb, steps, Some(RollbackStatus::Superseded))
+                .await;
+        }
+        if critical_failed {
+            rb.status = RollbackStatus::AwaitingDecision;
+            self.save(lease, rb).await?;
+            return Ok(());
+        }
+        self.finish(lease, rb, steps, None).await
+    }
+
+    /// Records an agent's own `rollback_complete` / `compensate` ECT when it is the step's
+    /// agent's and verifies; otherwise it is only logged.
+    async fn record_agent_ect(&self, agent: &str, token: &str) {
+        let now = chrono::Utc::now().timestamp();
+        match self.ledger.verifier().verify(token, now).await {
+            Ok(ect) if ect.iss == agent => {
+                if let Err(e) = self.ledger.ingest(&[token.to_string()]).await {
+                    tracing::warn!(%agent, error = %e, "agent's evidence not recorded");
+                }
+            }
+            Ok(ect) => {
+                tracing::warn!(%agent, iss = %ect.iss, "agent returned an ECT of another issuer; not recorded")
+            }
+            Err(r) => {
+                tracing::warn!(%agent, error = %r, "agent's evidence does not verify; not recorded")
+            }
+        }
+    }
+
+    /// Ends the rollback: the terminal state (computed unless given), `failed_agents`, and
+    /// exactly one `rollback_complete`.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        rb: &mut RollbackRecord,
+        steps: &[StepRecord],
+        forced: Option<RollbackStatus>,
+    ) -> Result<(), DriveError> {
+        let undone = |s: &StepRecord| s.execute_status.is_undone();
+        let status = forced.unwrap_or_else(|| {
+            let requested_undone = steps
+                .iter()
+                .any(|s| s.checkpoint_id == rb.checkpoint_id && undone(s));
+            if !requested_undone {
+                RollbackStatus::Failed
+            } else if steps.iter().all(undone) {
+                RollbackStatus::Completed
+            } else {
+                RollbackStatus::Partial
+            }
+        });
+        let failed: BTreeSet<String> = steps
+            .iter()
+            .filter(|s| !undone(s))
+            .map(|s| s.agent.clone())
+            .collect();
+        rb.failed_agents = if status == RollbackStatus::Superseded {
+            Vec::new()
+        } else {
+            failed.into_iter().collect()
+        };
+        if rb.evidence_start.is_none() || result_str(rb, PENDING_START).is_some() {
+            self.record_start(lease, rb).await?;
+        }
+        let token = match result_str(rb, PENDING_COMPLETE) {
+            Some(token) => token,
+            None => {
+                let mut terminal = rb.clone();
+                terminal.status = status;
+                let start = rb.evidence_start.clone().unwrap_or_default();
+                let ev = self
+                    .evidence
+                    .rollback_complete(&terminal, steps, &start, chrono::Utc::now().timestamp())
+                    .map_err(|e| DriveError::Evidence(e.to_string()))?;
+                rb.evidence_complete = Some(ev.jti);
+                set_result(rb, PENDING_COMPLETE, Value::String(ev.token.clone()));
+                set_result(rb, "final_status", json!(status.as_str()));
+                self.save(lease, rb).await?;
+                ev.token
+            }
+        };
+        self.record_evidence(&token).await?;
+        set_result(rb, PENDING_COMPLETE, Value::Null);
+        // The status signed in the evidence wins over a recomputation after a restart.
+        rb.status = rb
+            .result
+            .get("final_status")
+            .and_then(Value::as_str)
+            .and_then(RollbackStatus::parse)
+            .unwrap_or(status);
+        self.save(lease, rb).await?;
+        metrics::counter!("unwind_rollbacks_total", "status" => rb.status.as_str()).increment(1);
+        tracing::info!(rollback_id = %rb.rollback_id, status = rb.status.as_str(), "rollback finished");
+        Ok(())
+    }
+
+    async fn save(&self, lease: &Lease, rb: &mut RollbackRecord) -> Result<(), DriveError> {
+        *rb = self.store.update_rollback(lease, rb).await?;
+        Ok(())
+    }
+}
+
+fn err(code: &str, detail: &str) -> StepError {
+    StepError {
+        code: code.to_string(),
+        detail: detail.chars().take(500).collect(),
+    }
+}
+
+fn result_str(rb: &RollbackRecord, key: &str) -> Option<String> {
+    rb.result
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn set_result(rb: &mut RollbackRecord, key: &str, value: Value) {
+    if !rb.result.is_object() {
+        rb.result = json!({});
+    }
+    if let Some(map) = rb.result.as_object_mut() {
+        if value.is_null() {
+            map.remove(key);
+        } else {
+            map.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// The operator decision waiting to be applied, removed from the record (the caller saves).
+fn take_decision(rb: &mut RollbackRecord) -> Option<String> {
+    let decision = result_str(rb, "pending_decision");
+    if decision.is_some() {
+        set_result(rb, "pending_decision", Value::Null);
+    }
+    decision
+}
