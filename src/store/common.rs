@@ -666,8 +666,8 @@ pub(crate) fn encode_new(new: &NewRollback) -> Result<EncodedNew<'_>, StoreError
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Resolution {
-    /// Nothing to write: answer this.
-    Answer(CreateOutcome),
+    /// Nothing to write: answer this (boxed: a record is large beside a list of ids).
+    Answer(Box<CreateOutcome>),
     /// Insert the new rollback and mark these (sorted, distinct: the lock order) as superseded.
     Insert { supersede: Vec<String> },
 }
@@ -701,16 +701,16 @@ pub(crate) fn resolve(
             Ok(Resolution::Insert { supersede })
         }
         CreateDecision::Replay => match &ctx.existing {
-            Some(existing) => Ok(Resolution::Answer(CreateOutcome::Replayed(
+            Some(existing) => Ok(Resolution::Answer(Box::new(CreateOutcome::Replayed(
                 existing.clone(),
-            ))),
+            )))),
             None => Err(StoreError::Invalid(format!(
                 "replay of rollback {new_id}, which does not exist"
             ))),
         },
         CreateDecision::IdempotencyMismatch => match &ctx.existing {
-            Some(existing) => Ok(Resolution::Answer(CreateOutcome::IdempotencyMismatch(
-                existing.clone(),
+            Some(existing) => Ok(Resolution::Answer(Box::new(
+                CreateOutcome::IdempotencyMismatch(existing.clone()),
             ))),
             None => Err(StoreError::Invalid(format!(
                 "idempotency mismatch on rollback {new_id}, which does not exist"
@@ -718,9 +718,9 @@ pub(crate) fn resolve(
         },
         CreateDecision::Conflict {
             conflicting_rollback_id,
-        } => Ok(Resolution::Answer(CreateOutcome::Conflict {
+        } => Ok(Resolution::Answer(Box::new(CreateOutcome::Conflict {
             conflicting_rollback_id,
-        })),
+        }))),
     }
 }
 
@@ -785,6 +785,49 @@ mod tests {
         for seq in [0, 1, 42, i64::MAX] {
             assert_eq!(decode_cursor(&encode_cursor(seq)).ok(), Some(seq));
         }
+    }
+
+    #[test]
+    fn status_lists_follow_the_model() {
+        assert_eq!(
+            *ACTIVE_SQL,
+            "'accepted', 'preparing', 'executing', 'awaiting_decision'"
+        );
+        assert_eq!(*WORKABLE_SQL, "'accepted', 'preparing', 'executing'");
+    }
+
+    #[test]
+    fn result_merge() {
+        let members: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"b": 2, "c": 3})).unwrap_or_default();
+        let merged = merge_result("r", serde_json::json!({"a": 1, "b": 1}), members.clone());
+        assert_eq!(
+            merged.ok(),
+            Some(serde_json::json!({"a": 1, "b": 2, "c": 3}))
+        );
+        let from_null = merge_result("r", Value::Null, members.clone());
+        assert_eq!(from_null.ok(), Some(Value::Object(members.clone())));
+        assert!(matches!(
+            merge_result("r", serde_json::json!([1]), members),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn nul_is_refused_anywhere_in_json() {
+        for bad in [
+            serde_json::json!("a\u{0}"),
+            serde_json::json!({"k": ["x", "\u{0}"]}),
+            serde_json::json!({"\u{0}": 1}),
+        ] {
+            assert!(matches!(
+                json_column("c", &bad),
+                Err(StoreError::Invalid(_))
+            ));
+        }
+        // An escaped backslash followed by "u0000" is ordinary text.
+        let fine = serde_json::json!({"k": "\\u0000"});
+        assert!(json_column("c", &fine).is_ok());
     }
 
     #[test]

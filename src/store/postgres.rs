@@ -741,7 +741,7 @@ impl PgStore {
         let supersede = match common::resolve(&ctx, &record.rollback_id, decide(&ctx))? {
             Resolution::Answer(outcome) => {
                 tx.rollback().await?;
-                return Ok(Some(outcome));
+                return Ok(Some(*outcome));
             }
             Resolution::Insert { supersede } => supersede,
         };

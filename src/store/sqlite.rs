@@ -648,7 +648,7 @@ impl SqliteStore {
         };
 
         let supersede = match common::resolve(&ctx, &record.rollback_id, decide(&ctx))? {
-            Resolution::Answer(outcome) => return Ok(outcome),
+            Resolution::Answer(outcome) => return Ok(*outcome),
             Resolution::Insert { supersede } => supersede,
         };
 
