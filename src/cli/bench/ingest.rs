@@ -9,20 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde_json::{Map, Value, json};
 
-use super::CliError;
-use crate::config::{AuthTokenConfig, Config, Role, TrustIssuerConfig};
-use crate::ect::{KeyAlg, Profile, SigningKey};
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Ingest throughput and latency.
-    ///
-    /// Example: unwind bench ingest --database-url postgres://postgres@127.0.0.1/postgres
-    Ingest(IngestArgs),
-}
+use super::{AGENT, BENCH_TOKEN, BenchService, failed};
+use crate::cli::CliError;
+use crate::ect::{Profile, SigningKey};
 
 #[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
@@ -53,44 +45,15 @@ pub struct IngestArgs {
     pub json: bool,
 }
 
-const BENCH_TOKEN: &str = "bench-operator-token-0123456789";
-const AGENT: &str = "spiffe://bench.example/agent/";
-
-pub async fn run(cmd: BenchCommand) -> Result<(), CliError> {
-    match cmd {
-        BenchCommand::Ingest(args) => ingest(args).await,
-    }
-}
-
-fn failed(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(e.to_string())
-}
-
-async fn ingest(args: IngestArgs) -> Result<(), CliError> {
+pub async fn run(args: IngestArgs) -> Result<(), CliError> {
     if args.batch == 0 || args.tokens < args.batch || args.clients == 0 {
         return Err(CliError::Usage(
             "need --batch >= 1, --tokens >= --batch, --clients >= 1".into(),
         ));
     }
-    let dir = std::env::temp_dir().join(format!("unwind-bench-{}", uuid::Uuid::new_v4().simple()));
-    tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
-    let (database_url, dropper) = match &args.database_url {
-        Some(url) if url.starts_with("postgres") => {
-            let (db_url, name) = fresh_postgres_database(url).await?;
-            (db_url, Some((url.clone(), name)))
-        }
-        Some(other) => {
-            return Err(CliError::Usage(format!(
-                "--database-url must be postgres://…, not {other}"
-            )));
-        }
-        None => (format!("sqlite://{}", dir.join("bench.db").display()), None),
-    };
-    let result = ingest_on(&args, &dir, &database_url).await;
-    if let Some((server, name)) = dropper {
-        drop_postgres_database(&server, &name).await;
-    }
-    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let service = BenchService::start(args.database_url.as_deref(), |_| {}).await?;
+    let result = measure(&args, &service).await;
+    service.stop().await;
     let report = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
@@ -100,48 +63,10 @@ async fn ingest(args: IngestArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn ingest_on(
-    args: &IngestArgs,
-    dir: &std::path::Path,
-    database_url: &str,
-) -> Result<Value, CliError> {
-    let key = SigningKey::generate(KeyAlg::ES256).map_err(failed)?;
-    let jwks = dir.join("agents.jwks.json");
-    tokio::fs::write(
-        &jwks,
-        serde_json::to_vec(&key.public_jwks()).map_err(failed)?,
-    )
-    .await
-    .map_err(failed)?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().map_err(failed)?,
-        database_url: Some(database_url.to_string()),
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    config.trust.issuers = vec![TrustIssuerConfig {
-        id: format!("{AGENT}*"),
-        jwks_file: Some(jwks),
-        rollback_hosts: vec!["127.0.0.1".into()],
-        allow_http: true,
-        ..Default::default()
-    }];
-    config.auth.tokens = vec![AuthTokenConfig {
-        name: "bench".into(),
-        role: Role::Operator,
-        sha256: crate::ect::sha256_hex(BENCH_TOKEN.as_bytes()),
-    }];
-    let prepared = crate::service::prepare(config).await.map_err(failed)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(failed)?;
-    let base = format!("http://{}", listener.local_addr().map_err(failed)?);
-    let app = crate::api::router(prepared.state);
-    let server = tokio::spawn(async move {
-        let _ = crate::service::serve(listener, app, std::future::pending()).await;
-    });
-
-    let key = Arc::new(key);
+async fn measure(args: &IngestArgs, service: &BenchService) -> Result<Value, CliError> {
+    let base = service.base.clone();
+    let database_url = service.database_url.as_str();
+    let key = service.key.clone();
     eprintln!("signing {} tokens…", args.tokens);
     let batches = sign_batches(key.clone(), args.tokens / args.batch, args.batch).await?;
     eprintln!("measuring raw ES256 verification on one core…");
@@ -207,8 +132,6 @@ async fn ingest_on(
     }
     let elapsed = started.elapsed();
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
-
-    server.abort();
 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -441,31 +364,5 @@ fn print_report(r: &Value) {
             "single tokens at {}/s ({} requests, {} errors): p50 {} ms, p99 {} ms, max {} ms",
             s["rate_per_s"], s["requests"], s["errors"], s["p50_ms"], s["p99_ms"], s["max_ms"]
         );
-    }
-}
-
-async fn fresh_postgres_database(server_url: &str) -> Result<(String, String), CliError> {
-    use sqlx::Connection;
-    let name = format!("unwind_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(server_url)
-        .await
-        .map_err(failed)?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .map_err(failed)?;
-    let mut url = reqwest::Url::parse(server_url).map_err(failed)?;
-    url.set_path(&name);
-    Ok((url.to_string(), name))
-}
-
-async fn drop_postgres_database(server_url: &str, name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(server_url).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
     }
 }
