@@ -159,12 +159,18 @@ async fn cli(s: &Server, args: &[&str]) -> Output {
     }
 }
 
-struct Restorer;
+struct Restorer {
+    cannot_prepare: bool,
+}
 
 #[unwind_agent::async_trait]
 impl RollbackHandler for Restorer {
     async fn prepare(&self, _ctx: &CheckpointCtx) -> PrepareDecision {
-        PrepareDecision::Prepared
+        if self.cannot_prepare {
+            PrepareDecision::CannotPrepare("resource locked".into())
+        } else {
+            PrepareDecision::Prepared
+        }
     }
 
     async fn restore(
@@ -184,7 +190,7 @@ struct TestAgent {
     _dir: tempfile::TempDir,
 }
 
-async fn start_agent(s: &Server, name: &str) -> TestAgent {
+async fn start_agent(s: &Server, name: &str, cannot_prepare: bool) -> TestAgent {
     let dir = tempfile::tempdir().unwrap();
     let id = format!("{AGENT_PREFIX}{name}");
     let store = CheckpointStore::open(StoreOptions::in_dir(
@@ -205,7 +211,7 @@ async fn start_agent(s: &Server, name: &str) -> TestAgent {
         .signing_key(s.agent_key.clone())
         .coordinator(COORDINATOR_ID, CoordinatorKeys::Static(jwks))
         .store(store)
-        .handler(Arc::new(Restorer))
+        .handler(Arc::new(Restorer { cannot_prepare }))
         .build()
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -279,8 +285,8 @@ async fn seed_figure(s: &Server, a: &TestAgent, b: &TestAgent, wid: &str) -> [St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_rolls_back_the_seed_figure_from_the_command_line() {
     let s = serve();
-    let a = start_agent(&s, "a").await;
-    let b = start_agent(&s, "b").await;
+    let a = start_agent(&s, "a", false).await;
+    let b = start_agent(&s, "b", false).await;
     let wid = uuid::Uuid::new_v4().to_string();
     let [cp_a, a1, cp_b, b1, b2] = seed_figure(&s, &a, &b, &wid).await;
 
@@ -398,6 +404,77 @@ async fn an_operator_rolls_back_the_seed_figure_from_the_command_line() {
         "{}",
         refused.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_exits_3_while_a_decision_is_awaited() {
+    let s = serve();
+    let a = start_agent(&s, "a", true).await;
+    let b = start_agent(&s, "b", false).await;
+    let wid = uuid::Uuid::new_v4().to_string();
+    let [cp_a, ..] = seed_figure(&s, &a, &b, &wid).await;
+
+    let waiting = cli(
+        &s,
+        &["rollback", "create", "--checkpoint", &cp_a, "--watch"],
+    )
+    .await;
+    assert_eq!(
+        waiting.code,
+        Some(3),
+        "{}\n{}",
+        waiting.stdout,
+        waiting.stderr
+    );
+    let id = waiting
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("urn:uuid:"), "{}", waiting.stdout);
+    assert!(
+        waiting
+            .stderr
+            .contains(&format!("unwind rollback decide {id} --decision")),
+        "{}",
+        waiting.stderr
+    );
+    let listed = cli(
+        &s,
+        &[
+            "rollback",
+            "list",
+            "--status",
+            "awaiting_decision",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(listed["items"][0]["rollback_id"], id.as_str(), "{listed}");
+
+    let decided = cli(
+        &s,
+        &[
+            "rollback",
+            "decide",
+            &id,
+            "--decision",
+            "proceed_partial",
+            "--comment",
+            "a is fine",
+        ],
+    )
+    .await
+    .ok();
+    assert!(decided.stdout.starts_with(&id), "{}", decided.stdout);
+    // The requested checkpoint was not undone: the rollback fails, and watch says so with 1.
+    let ended = cli(&s, &["rollback", "watch", &id]).await;
+    assert_eq!(ended.code, Some(1), "{}\n{}", ended.stdout, ended.stderr);
+    assert!(ended.stderr.contains("ended failed"), "{}", ended.stderr);
 }
 
 #[test]
