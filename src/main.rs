@@ -56,6 +56,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys(cmd) => unwind::cli::ect::keys(cmd).await,
         Command::Ect(cmd) => unwind::cli::ect::ect(cmd).await,
         Command::Bench(cmd) => unwind::cli::bench::run(cmd).await,
+        Command::BlastRadius(args) => unwind::cli::rollback::blast_radius(args).await,
+        Command::Rollback(cmd) => unwind::cli::rollback::run(cmd).await,
         Command::Openapi => {
             let doc = unwind::api::openapi()
                 .to_pretty_json()

@@ -1,9 +1,12 @@
-//! The `unwind` command line: the service (`serve`, `migrate`) and tools for agent authors
-//! (`keys generate`, `ect sign|verify|decode`). Exit codes: 0 success, 1 a refused token or a
-//! failed operation, 2 a usage or configuration error.
+//! The `unwind` command line: the service (`serve`, `migrate`), tools for agent authors
+//! (`keys generate`, `ect sign|verify|decode`) and operator commands (`blast-radius`,
+//! `rollback …`). Exit codes: 0 success, 1 a refused token or a failed operation, 2 a usage or
+//! configuration error, 3 a rollback awaiting a decision (docs/cli.md).
 
 pub mod bench;
+pub mod client;
 pub mod ect;
+pub mod rollback;
 
 use std::path::PathBuf;
 
@@ -48,6 +51,13 @@ pub enum Command {
     /// Measure the service (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Show what an ECT's failure affects: descendants, agents and checkpoints.
+    ///
+    /// Example: unwind blast-radius 7f3c2a9e-… --max-depth 3 --output json
+    BlastRadius(rollback::BlastRadiusArgs),
+    /// Request, follow and decide on rollbacks.
+    #[command(subcommand)]
+    Rollback(rollback::RollbackCommand),
 }
 
 /// Where the configuration comes from: defaults < `--config` file < `UNWIND_*` < these flags.
@@ -86,6 +96,9 @@ pub enum CliError {
     /// The operation failed or a token was refused: exit code 1.
     #[error("{0}")]
     Failed(String),
+    /// A watched rollback stopped to wait for an operator's decision: exit code 3.
+    #[error("{0}")]
+    AwaitingDecision(String),
 }
 
 impl CliError {
@@ -93,6 +106,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::Failed(_) => 1,
+            CliError::AwaitingDecision(_) => 3,
         }
     }
 }
