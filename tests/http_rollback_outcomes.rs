@@ -301,7 +301,12 @@ async fn siblings_execute_concurrently_and_their_parent_after_both() {
                 .map(|(_, _, _, t)| *t)
                 .unwrap_or_else(|| panic!("{}: no {phase} of {cp}: {log:?}", s.name))
         };
-        let (s1, e1, s2, e2) = (at(&cp_1, "start"), at(&cp_1, "end"), at(&cp_2, "start"), at(&cp_2, "end"));
+        let (s1, e1, s2, e2) = (
+            at(&cp_1, "start"),
+            at(&cp_1, "end"),
+            at(&cp_2, "start"),
+            at(&cp_2, "end"),
+        );
         assert!(
             s1 < e2 && s2 < e1,
             "{}: C1 and C2 did not overlap: {log:?}",
@@ -349,12 +354,24 @@ async fn a_hanging_critical_execute_awaits_a_decision_and_abort_ends_it() {
         s.ingest_ok(&[t_a]).await;
 
         let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
-        let waiting = wait_for(&s, &id, &["awaiting_decision", "completed", "partial", "failed"]).await;
-        assert_eq!(waiting["status"], "awaiting_decision", "{}: {waiting}", s.name);
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
         let st = step(&waiting, &cp_a);
         assert_eq!(st["prepare_status"], "prepared", "{st}");
         assert_eq!(st["execute_status"], "failed", "{st}");
-        assert!(st["error"]["code"].as_str().is_some_and(|c| !c.is_empty()), "{st}");
+        assert!(
+            st["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{st}"
+        );
 
         assert_eq!(decide(&s, &id, "abort").await.status(), 200);
         let done = wait_for(&s, &id, TERMINAL).await;
@@ -377,8 +394,17 @@ async fn a_stopped_agent_is_unreachable_at_prepare() {
         }
 
         let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
-        let waiting = wait_for(&s, &id, &["awaiting_decision", "completed", "partial", "failed"]).await;
-        assert_eq!(waiting["status"], "awaiting_decision", "{}: {waiting}", s.name);
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
         let st = step(&waiting, &cp_a);
         assert_eq!(st["prepare_status"], "unreachable", "{}: {st}", s.name);
         assert_eq!(st["execute_status"], "pending", "{}: {st}", s.name);
@@ -410,7 +436,13 @@ async fn cannot_prepare_off_the_critical_path_is_skipped() {
 }
 
 /// A checkpoint by `agent/<name>` marked irreversible, its rollback endpoint at `uri`.
-fn irreversible(s: &TestServer, name: &str, wid: &str, parents: &[&str], uri: &str) -> (String, String) {
+fn irreversible(
+    s: &TestServer,
+    name: &str,
+    wid: &str,
+    parents: &[&str],
+    uri: &str,
+) -> (String, String) {
     let jti = uuid::Uuid::new_v4().to_string();
     let mut c = checkpoint_claims(name, &jti, wid, parents);
     c.insert(
@@ -447,10 +479,24 @@ async fn an_irreversible_checkpoint_is_never_called_and_escalated() {
 
         // The critical one: a decision is needed.
         let id = accepted(&s, json!({"checkpoint_id": cp_b, "scope": "single"})).await;
-        let waiting = wait_for(&s, &id, &["awaiting_decision", "completed", "partial", "failed"]).await;
-        assert_eq!(waiting["status"], "awaiting_decision", "{}: {waiting}", s.name);
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
         assert_eq!(step(&waiting, &cp_b)["execute_status"], "escalated");
-        assert_eq!(b.calls(), (0, 0), "{}: the irreversible checkpoint was called", s.name);
+        assert_eq!(
+            b.calls(),
+            (0, 0),
+            "{}: the irreversible checkpoint was called",
+            s.name
+        );
     }
 }
 
@@ -465,17 +511,28 @@ async fn an_expired_checkpoint_cannot_prepare() {
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
-        let waiting = wait_for(&s, &id, &["awaiting_decision", "completed", "partial", "failed"]).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
         let st = step(&waiting, &cp_a);
         assert_eq!(st["prepare_status"], "cannot_prepare", "{}: {st}", s.name);
-        assert_eq!(st["error"]["code"], "checkpoint_expired", "{}: {st}", s.name);
+        assert_eq!(
+            st["error"]["code"], "checkpoint_expired",
+            "{}: {st}",
+            s.name
+        );
         assert_eq!(a.calls(), (0, 0), "an expired checkpoint is not called");
     }
 }
 
 /// A bare agent speaking the protocol without storing answers: it refuses to prepare until
 /// `ready` is set, and always completes its execute.
-async fn start_bare_agent(ready: Arc<std::sync::atomic::AtomicBool>) -> (String, tokio::task::JoinHandle<()>) {
+async fn start_bare_agent(
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
     use axum::routing::post;
     use std::sync::atomic::Ordering;
     let router = axum::Router::new()
@@ -519,8 +576,17 @@ async fn retry_after_cannot_prepare_completes() {
         s.ingest_ok(&[s.sign(&c)]).await;
 
         let id = accepted(&s, json!({"checkpoint_id": jti, "scope": "single"})).await;
-        let waiting = wait_for(&s, &id, &["awaiting_decision", "completed", "partial", "failed"]).await;
-        assert_eq!(waiting["status"], "awaiting_decision", "{}: {waiting}", s.name);
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
         assert_eq!(step(&waiting, &jti)["prepare_status"], "cannot_prepare");
         ready.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(decide(&s, &id, "retry").await.status(), 200);
@@ -548,8 +614,17 @@ async fn retry_after_cannot_prepare_completes_with_the_library_agent() {
         s.ingest_ok(&[t_a]).await;
 
         let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
-        let waiting = wait_for(&s, &id, &["awaiting_decision", "completed", "partial", "failed"]).await;
-        assert_eq!(waiting["status"], "awaiting_decision", "{}: {waiting}", s.name);
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
         a.behave("prepared");
         assert_eq!(decide(&s, &id, "retry").await.status(), 200);
         let done = wait_for(&s, &id, TERMINAL).await;
@@ -585,7 +660,13 @@ async fn failed_or_escalated_execute_off_the_critical_path_is_partial() {
 
 /// An `Execution-Context` token of `agent/<name>` in `wid`, addressed to Unwind.
 fn context(s: &TestServer, name: &str, wid: &str) -> String {
-    let mut c = claims(name, &uuid::Uuid::new_v4().to_string(), wid, "request_rollback", &[]);
+    let mut c = claims(
+        name,
+        &uuid::Uuid::new_v4().to_string(),
+        wid,
+        "request_rollback",
+        &[],
+    );
     c.insert("aud".into(), json!([s.coordinator_id]));
     s.sign(&c)
 }
@@ -609,11 +690,22 @@ async fn agents_may_ask_only_for_what_they_are_part_of() {
         let wid = wid();
         let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
         // z only posted an unrelated root ECT into the workflow.
-        let z_root = claims("z", &uuid::Uuid::new_v4().to_string(), &wid, "unrelated", &[]);
+        let z_root = claims(
+            "z",
+            &uuid::Uuid::new_v4().to_string(),
+            &wid,
+            "unrelated",
+            &[],
+        );
         s.ingest_ok(&[s.sign(&z_root)]).await;
 
         let b_ctx = context(&s, "b", &wid);
-        let r = agent_request(&s, &b_ctx, json!({"checkpoint_id": cp_a, "scope": "full_workflow"})).await;
+        let r = agent_request(
+            &s,
+            &b_ctx,
+            json!({"checkpoint_id": cp_a, "scope": "full_workflow"}),
+        )
+        .await;
         assert_problem(r, 403, "forbidden", "full_workflow").await;
         let r = agent_request(
             &s,
@@ -624,9 +716,20 @@ async fn agents_may_ask_only_for_what_they_are_part_of() {
         assert_problem(r, 403, "forbidden", "on_cannot_prepare").await;
         let r = agent_request(&s, &context(&s, "z", &wid), json!({"checkpoint_id": cp_a})).await;
         assert_problem(r, 403, "forbidden", "unrelated root").await;
-        let r = agent_request(&s, &context(&s, "b", &self::wid()), json!({"checkpoint_id": cp_a})).await;
+        let r = agent_request(
+            &s,
+            &context(&s, "b", &self::wid()),
+            json!({"checkpoint_id": cp_a}),
+        )
+        .await;
         assert_problem(r, 403, "forbidden", "other wid").await;
-        let mut forged = claims("b", &uuid::Uuid::new_v4().to_string(), &wid, "request_rollback", &[]);
+        let mut forged = claims(
+            "b",
+            &uuid::Uuid::new_v4().to_string(),
+            &wid,
+            "request_rollback",
+            &[],
+        );
         forged.insert("aud".into(), json!([s.coordinator_id]));
         let forged = s
             .other_key
@@ -636,7 +739,12 @@ async fn agents_may_ask_only_for_what_they_are_part_of() {
         assert_problem(r, 401, "unauthenticated", "forged").await;
 
         // b issued ECTs below A: it may ask for A's sub_dag.
-        let r = agent_request(&s, &b_ctx, json!({"checkpoint_id": cp_a, "scope": "sub_dag"})).await;
+        let r = agent_request(
+            &s,
+            &b_ctx,
+            json!({"checkpoint_id": cp_a, "scope": "sub_dag"}),
+        )
+        .await;
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap();
         assert_eq!(status, 202, "{}: {body}", s.name);
@@ -657,7 +765,12 @@ async fn rollback_requests_are_rate_limited_per_requester() {
     {
         let body = json!({"checkpoint_id": "no-such-checkpoint"});
         for i in 0..2 {
-            assert_eq!(request(&s, body.clone()).await.status(), 404, "{} #{i}", s.name);
+            assert_eq!(
+                request(&s, body.clone()).await.status(),
+                404,
+                "{} #{i}",
+                s.name
+            );
         }
         let r = request(&s, body.clone()).await;
         let retry_after = r
@@ -688,7 +801,11 @@ fn parse_sse(text: &str) -> Vec<(String, i64, Value)> {
             }
         }
         if let Some(event) = event {
-            out.push((event, id.expect("an id"), serde_json::from_str(&data).unwrap()));
+            out.push((
+                event,
+                id.expect("an id"),
+                serde_json::from_str(&data).unwrap(),
+            ));
         }
     }
     out
@@ -727,13 +844,19 @@ async fn event_streams_follow_a_rollback_to_its_end() {
             .unwrap();
         let evs = parse_sse(&text);
         assert!(evs.len() >= 2, "{}: {text}", s.name);
-        assert!(evs.iter().all(|(e, _, d)| e == "rollback" && d["rollback_id"] == id.as_str()));
+        assert!(
+            evs.iter()
+                .all(|(e, _, d)| e == "rollback" && d["rollback_id"] == id.as_str())
+        );
         assert!(
             evs.windows(2).all(|w| w[0].1 < w[1].1),
             "{}: ids do not increase: {text}",
             s.name
         );
-        assert!(!TERMINAL.contains(&evs[0].2["status"].as_str().unwrap()), "{text}");
+        assert!(
+            !TERMINAL.contains(&evs[0].2["status"].as_str().unwrap()),
+            "{text}"
+        );
         let last = &evs.last().unwrap().2;
         assert_eq!(last["status"], "completed", "{text}");
 
@@ -795,7 +918,11 @@ async fn concurrent_conflicts_on_two_servers_answer_like_a_serial_run() {
             .map(|(a, _)| a)
             .collect();
         assert_eq!(mine.len(), 10);
-        let winners: Vec<&Value> = mine.iter().filter(|(s, _)| *s == 202).map(|(_, b)| b).collect();
+        let winners: Vec<&Value> = mine
+            .iter()
+            .filter(|(s, _)| *s == 202)
+            .map(|(_, b)| b)
+            .collect();
         assert_eq!(winners.len(), 1, "{w}: {answers:?}");
         let winner = winners[0]["rollback_id"].as_str().unwrap();
         for (status, body) in mine.iter().filter(|(s, _)| *s != 202) {
@@ -818,4 +945,102 @@ async fn concurrent_conflicts_on_two_servers_answer_like_a_serial_run() {
         }
     }
     assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+}
+
+#[tokio::test]
+async fn every_step_gets_its_own_deadline() {
+    // Each restore fits in the deadline, but both together do not.
+    for s in servers_with(|c| {
+        short(c);
+        c.rollback.agent_timeout_ms = 2500;
+    })
+    .await
+    {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 1500, &log).await;
+        let b = start_agent(&s, "b", "", 2000, &log).await;
+        let wid = wid();
+        let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
+        let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+        let done = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+    }
+}
+
+/// A bare agent whose execute answers 500 until `ready` is set.
+async fn start_flaky_executor(
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use std::sync::atomic::Ordering;
+    let router = axum::Router::new()
+        .route(
+            "/.well-known/cascade/rollback/prepare",
+            post(|| async { axum::Json(json!({"status": "prepared"})) }),
+        )
+        .route(
+            "/.well-known/cascade/rollback",
+            post(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::SeqCst) {
+                        axum::Json(json!({"status": "completed"})).into_response()
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE.into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "http://{}/.well-known/cascade/rollback",
+        listener.local_addr().unwrap()
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (uri, task)
+}
+
+#[tokio::test]
+async fn retry_after_a_failed_critical_execute_runs_it_again() {
+    for s in servers_with(short).await {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (uri, _task) = start_flaky_executor(ready.clone()).await;
+        let wid = wid();
+        let jti = uuid::Uuid::new_v4().to_string();
+        let mut c = checkpoint_claims("bare", &jti, &wid, &[]);
+        c["ext"]["cascade.rollback_uri"] = json!(uri);
+        s.ingest_ok(&[s.sign(&c)]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": jti, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        assert_eq!(
+            step(&waiting, &jti)["execute_status"],
+            "failed",
+            "{waiting}"
+        );
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(decide(&s, &id, "retry").await.status(), 200);
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        assert_eq!(step(&done, &jti)["execute_status"], "completed", "{done}");
+    }
 }
