@@ -952,13 +952,13 @@ async fn every_step_gets_its_own_deadline() {
     // Each restore fits in the deadline, but both together do not.
     for s in servers_with(|c| {
         short(c);
-        c.rollback.agent_timeout_ms = 2500;
+        c.rollback.agent_timeout_ms = 2900;
     })
     .await
     {
         let log: Log = Arc::default();
-        let a = start_agent(&s, "a", "", 1500, &log).await;
-        let b = start_agent(&s, "b", "", 2000, &log).await;
+        let a = start_agent(&s, "a", "", 1700, &log).await;
+        let b = start_agent(&s, "b", "", 1700, &log).await;
         let wid = wid();
         let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
         let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
