@@ -316,12 +316,15 @@ impl Coordinator {
         steps: &mut [StepRecord],
     ) -> Result<(), DriveError> {
         if take_decision(rb).as_deref() == Some("retry") {
-            // Steps that did not prepare are asked again; the rest keep their results.
-            for step in steps.iter_mut().filter(|s| {
-                s.execute_status == ExecuteStatus::Pending
-                    || s.execute_status == ExecuteStatus::Skipped
-            }) {
-                if step.prepare_status != PrepareStatus::Prepared && step.reversible {
+            // Steps not yet undone (not prepared, skipped, or failed at execute) are asked
+            // again; undone steps and prepared ones still waiting keep their results.
+            for step in steps
+                .iter_mut()
+                .filter(|s| s.reversible && !s.execute_status.is_undone())
+            {
+                let waiting = step.prepare_status == PrepareStatus::Prepared
+                    && step.execute_status == ExecuteStatus::Pending;
+                if !waiting {
                     step.prepare_status = PrepareStatus::Pending;
                     step.execute_status = ExecuteStatus::Pending;
                     step.error = None;
@@ -334,7 +337,7 @@ impl Coordinator {
         let context = self.context_token(rb).await?;
         let rollback_id = rb.rollback_id.clone();
         let scope = rb.scope.as_str();
-        let deadline = tokio::time::Instant::now() + self.settings.step_deadline;
+        let step_deadline = self.settings.step_deadline;
         let mut pending = Vec::new();
         for (i, step) in steps.iter_mut().enumerate() {
             if step.prepare_status != PrepareStatus::Pending
@@ -366,6 +369,8 @@ impl Coordinator {
                 let step = steps[i].clone();
                 let (context, rollback_id) = (context.as_str(), rollback_id.as_str());
                 calls.push(async move {
+                    // Each step's deadline starts with its first call.
+                    let deadline = tokio::time::Instant::now() + step_deadline;
                     let attempts = AtomicU32::new(0);
                     let call = StepCall {
                         agent: &step.agent,
@@ -482,7 +487,7 @@ impl Coordinator {
         let context = self.context_token(rb).await?;
         let rollback_id = rb.rollback_id.clone();
         let scope = rb.scope.as_str();
-        let deadline = tokio::time::Instant::now() + self.settings.step_deadline;
+        let step_deadline = self.settings.step_deadline;
         let index: HashMap<String, usize> = steps
             .iter()
             .enumerate()
@@ -526,6 +531,8 @@ impl Coordinator {
                     let step = steps[i].clone();
                     let (context, rollback_id) = (context.as_str(), rollback_id.as_str());
                     calls.push(async move {
+                        // Each step's deadline starts with its first call.
+                        let deadline = tokio::time::Instant::now() + step_deadline;
                         let attempts = AtomicU32::new(0);
                         let call = StepCall {
                             agent: &step.agent,

@@ -288,3 +288,19 @@ pub async fn assert_problem(
     assert_eq!(body["status"], status, "{context}: {body}");
     body
 }
+
+/// A second server (another replica) on the database of `first`; `first` keeps owning it.
+pub async fn start_on_same_database(
+    first: &TestServer,
+    adjust: &impl Fn(&mut Config),
+) -> TestServer {
+    let shared = TestStore {
+        name: first._store.name,
+        kind: first._store.kind,
+        url: first._store.url.clone(),
+        store: first.store.clone(),
+        _dir: None,
+        _pg: None,
+    };
+    start(shared, adjust).await
+}

@@ -1,0 +1,1046 @@
+//! Rollback outcomes through real behaviour: concurrency, retries, timeouts, unreachable and
+//! refusing agents, irreversible and expired checkpoints, decisions, authorization, rate
+//! limits, event streams and conflicts across two servers on one database. Every test runs on
+//! each configured store, against in-process agents of the `unwind-agent` crate.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::server::*;
+use serde_json::{Map, Value, json};
+use unwind::config::Config;
+use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
+use unwind_agent::{
+    Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
+    RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
+};
+
+/// Restores seen by the agents: (agent, "start" | "end", checkpoint id, when).
+type Log = Arc<Mutex<Vec<(String, &'static str, String, Instant)>>>;
+
+/// The reference handler, with a restore delay and a log of when restores ran.
+struct Timed {
+    name: String,
+    inner: ReferenceHandler,
+    log: Log,
+    delay: Duration,
+}
+
+#[unwind_agent::async_trait]
+impl RollbackHandler for Timed {
+    async fn prepare(&self, ctx: &CheckpointCtx) -> PrepareDecision {
+        self.inner.prepare(ctx).await
+    }
+
+    async fn restore(
+        &self,
+        ctx: &CheckpointCtx,
+        snapshot: Vec<u8>,
+    ) -> Result<RestoreOutcome, HandlerError> {
+        let jti = ctx.checkpoint.jti.clone();
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), "start", jti.clone(), Instant::now()));
+        tokio::time::sleep(self.delay).await;
+        let out = self.inner.restore(ctx, snapshot).await;
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), "end", jti, Instant::now()));
+        out
+    }
+
+    async fn compensate(&self, ctx: &CheckpointCtx) -> Result<RestoreOutcome, HandlerError> {
+        self.inner.compensate(ctx).await
+    }
+}
+
+struct TestAgent {
+    agent: Agent,
+    uri: String,
+    controls: Arc<Controls>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn short(c: &mut Config) {
+    c.rollback.agent_timeout_ms = 300;
+    c.rollback.step_deadline_s = 3;
+    c.rollback.poll_ms = 100;
+}
+
+async fn coordinator_jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
+    s.client
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// An agent `agent/<name>` on 127.0.0.1 with the reference behaviour `behaviour` and restores
+/// that take `delay_ms`.
+async fn start_agent(
+    s: &TestServer,
+    name: &str,
+    behaviour: &str,
+    delay_ms: u64,
+    log: &Log,
+) -> TestAgent {
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("{AGENT_PREFIX}{name}");
+    let store = CheckpointStore::open(StoreOptions::in_dir(
+        dir.path(),
+        id.clone(),
+        SnapshotKey::generate().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let controls = Controls::new(behaviour.parse::<Behaviour>().unwrap());
+    let handler = Arc::new(Timed {
+        name: name.to_string(),
+        inner: ReferenceHandler::new(controls.clone()),
+        log: log.clone(),
+        delay: Duration::from_millis(delay_ms),
+    });
+    let agent = Agent::builder()
+        .id(&id)
+        .signing_key(s.agent_key.clone())
+        .coordinator(
+            &s.coordinator_id,
+            CoordinatorKeys::Static(coordinator_jwks(s).await),
+        )
+        .store(store)
+        .handler(handler)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "http://{}/.well-known/cascade/rollback",
+        listener.local_addr().unwrap()
+    );
+    let router = reference::router(&agent, controls.clone(), false);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    TestAgent {
+        agent,
+        uri,
+        controls,
+        task,
+        _dir: dir,
+    }
+}
+
+impl TestAgent {
+    async fn checkpoint_ttl(&self, wid: &str, parents: &[String], ttl: u64) -> (String, String) {
+        let (cp, token) = self
+            .agent
+            .checkpoint(
+                b"router config v1",
+                ttl,
+                Some("router-1"),
+                true,
+                wid,
+                parents,
+                Some(&self.uri),
+            )
+            .await
+            .unwrap();
+        (cp.jti, token)
+    }
+
+    async fn checkpoint(&self, wid: &str, parents: &[String]) -> (String, String) {
+        self.checkpoint_ttl(wid, parents, 3600).await
+    }
+
+    fn action(&self, wid: &str, exec_act: &str, parents: &[String]) -> (String, String) {
+        let token = self
+            .agent
+            .action_ect(exec_act, Some(wid), parents, Map::new())
+            .unwrap();
+        let (_, claims) = unwind::ect::jws::decode_unverified(&token).unwrap();
+        (claims["jti"].as_str().unwrap().to_string(), token)
+    }
+
+    fn behave(&self, spec: &str) {
+        self.controls.set_behaviour(spec.parse().unwrap());
+    }
+
+    /// Protocol calls received: (prepare, execute).
+    fn calls(&self) -> (u64, u64) {
+        let c = self.controls.calls();
+        (
+            c["prepare"].as_u64().unwrap(),
+            c["execute"].as_u64().unwrap(),
+        )
+    }
+}
+
+/// Checkpoint A -> A1 -> Checkpoint B -> B1, B2; a owns A and A1, b owns B, B1 and B2.
+/// Returns (A, B, B1).
+async fn seed_figure(
+    s: &TestServer,
+    a: &TestAgent,
+    b: &TestAgent,
+    wid: &str,
+) -> (String, String, String) {
+    let (cp_a, t_a) = a.checkpoint(wid, &[]).await;
+    let (a1, t_a1) = a.action(wid, "reconfigure_router", std::slice::from_ref(&cp_a));
+    let (cp_b, t_b) = b.checkpoint(wid, std::slice::from_ref(&a1)).await;
+    let (b1, t_b1) = b.action(wid, "update_dns", std::slice::from_ref(&cp_b));
+    let (_, t_b2) = b.action(wid, "notify", std::slice::from_ref(&cp_b));
+    s.ingest_ok(&[t_a, t_a1, t_b, t_b1, t_b2]).await;
+    (cp_a, cp_b, b1)
+}
+
+async fn request(s: &TestServer, body: Value) -> reqwest::Response {
+    s.client
+        .post(s.url("/v1/rollbacks"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Requests a rollback that must be accepted; returns its id.
+async fn accepted(s: &TestServer, body: Value) -> String {
+    let r = request(s, body).await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{}: {body}", s.name);
+    body["rollback_id"].as_str().unwrap().to_string()
+}
+
+async fn decide(s: &TestServer, id: &str, decision: &str) -> reqwest::Response {
+    s.client
+        .post(s.url(&format!("/v1/rollbacks/{id}/decision")))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({ "decision": decision }))
+        .send()
+        .await
+        .unwrap()
+}
+
+const TERMINAL: &[&str] = &["completed", "partial", "failed", "aborted", "superseded"];
+
+/// Polls the rollback until it reaches one of `states`.
+async fn wait_for(s: &TestServer, id: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        if states.contains(&body["status"].as_str().unwrap_or("")) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: stuck in {}: {body}",
+            s.name,
+            body["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn step(rollback: &Value, checkpoint: &str) -> Value {
+    rollback["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["checkpoint_id"] == checkpoint)
+        .unwrap_or_else(|| panic!("no step for {checkpoint}: {rollback}"))
+        .clone()
+}
+
+async fn complete_status(s: &TestServer, rollback: &Value) -> Value {
+    let jti = rollback["evidence"]["rollback_complete"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rollback_complete: {rollback}"));
+    let (status, ect) = s.get_json(&format!("/v1/ects/{jti}")).await;
+    assert_eq!(status, 200, "{ect}");
+    ect["ext"]["cascade.status"].clone()
+}
+
+fn agent_id(name: &str) -> String {
+    format!("{AGENT_PREFIX}{name}")
+}
+
+fn wid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[tokio::test]
+async fn siblings_execute_concurrently_and_their_parent_after_both() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let p = start_agent(&s, "p", "", 200, &log).await;
+        let c1 = start_agent(&s, "c1", "", 200, &log).await;
+        let c2 = start_agent(&s, "c2", "", 200, &log).await;
+        let wid = wid();
+        let (cp_p, t_p) = p.checkpoint(&wid, &[]).await;
+        let (act, t_act) = p.action(&wid, "fan_out", std::slice::from_ref(&cp_p));
+        let (cp_1, t_1) = c1.checkpoint(&wid, std::slice::from_ref(&act)).await;
+        let (cp_2, t_2) = c2.checkpoint(&wid, std::slice::from_ref(&act)).await;
+        s.ingest_ok(&[t_p, t_act, t_1, t_2]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_p, "scope": "sub_dag"})).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+
+        let log = log.lock().unwrap().clone();
+        let at = |cp: &str, phase: &str| {
+            log.iter()
+                .find(|(_, ph, c, _)| c == cp && *ph == phase)
+                .map(|(_, _, _, t)| *t)
+                .unwrap_or_else(|| panic!("{}: no {phase} of {cp}: {log:?}", s.name))
+        };
+        let (s1, e1, s2, e2) = (
+            at(&cp_1, "start"),
+            at(&cp_1, "end"),
+            at(&cp_2, "start"),
+            at(&cp_2, "end"),
+        );
+        assert!(
+            s1 < e2 && s2 < e1,
+            "{}: C1 and C2 did not overlap: {log:?}",
+            s.name
+        );
+        assert!(
+            at(&cp_p, "start") >= e1.max(e2),
+            "{}: P started before its children ended: {log:?}",
+            s.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn retried_calls_are_all_counted_in_attempts() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "fail:2", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        s.ingest_ok(&[t_a]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        let (prepare, execute) = a.calls();
+        assert_eq!((prepare, execute), (3, 1), "{}", s.name);
+        assert_eq!(
+            step(&done, &cp_a)["attempts"],
+            json!(prepare + execute),
+            "{}: {done}",
+            s.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_critical_execute_awaits_a_decision_and_abort_ends_it() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        // Restores never finish within the deadline.
+        let a = start_agent(&s, "a", "", 3_600_000, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        s.ingest_ok(&[t_a]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        let st = step(&waiting, &cp_a);
+        assert_eq!(st["prepare_status"], "prepared", "{st}");
+        assert_eq!(st["execute_status"], "failed", "{st}");
+        assert!(
+            st["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{st}"
+        );
+
+        assert_eq!(decide(&s, &id, "abort").await.status(), 200);
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "aborted", "{}: {done}", s.name);
+        assert_eq!(complete_status(&s, &done).await, "aborted", "{}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_agent_is_unreachable_at_prepare() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        s.ingest_ok(&[t_a]).await;
+        a.task.abort();
+        while !a.task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        let st = step(&waiting, &cp_a);
+        assert_eq!(st["prepare_status"], "unreachable", "{}: {st}", s.name);
+        assert_eq!(st["execute_status"], "pending", "{}: {st}", s.name);
+        assert!(st["error"]["code"].is_string(), "{st}");
+        assert!(st["attempts"].as_u64().unwrap() >= 1, "{st}");
+    }
+}
+
+#[tokio::test]
+async fn cannot_prepare_off_the_critical_path_is_skipped() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        let b = start_agent(&s, "b", "cannot_prepare", 0, &log).await;
+        let wid = wid();
+        let (cp_a, cp_b, _) = seed_figure(&s, &a, &b, &wid).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "partial", "{}: {done}", s.name);
+        let sb = step(&done, &cp_b);
+        assert_eq!(sb["prepare_status"], "cannot_prepare", "{sb}");
+        assert_eq!(sb["execute_status"], "skipped", "{sb}");
+        assert_eq!(step(&done, &cp_a)["execute_status"], "completed");
+        assert_eq!(done["failed_agents"], json!([agent_id("b")]), "{done}");
+        assert_eq!(b.calls().1, 0, "b was never asked to execute");
+        assert_eq!(complete_status(&s, &done).await, "partial");
+    }
+}
+
+/// A checkpoint by `agent/<name>` marked irreversible, its rollback endpoint at `uri`.
+fn irreversible(
+    s: &TestServer,
+    name: &str,
+    wid: &str,
+    parents: &[&str],
+    uri: &str,
+) -> (String, String) {
+    let jti = uuid::Uuid::new_v4().to_string();
+    let mut c = checkpoint_claims(name, &jti, wid, parents);
+    c.insert(
+        "ext".into(),
+        json!({
+            "cascade.reversible": false,
+            "cascade.rollback_uri": uri,
+            "cascade.ttl": 3600,
+            "cascade.target": "router-1",
+        }),
+    );
+    (jti, s.sign(&c))
+}
+
+#[tokio::test]
+async fn an_irreversible_checkpoint_is_never_called_and_escalated() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        let b = start_agent(&s, "b", "", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        let (a1, t_a1) = a.action(&wid, "reconfigure_router", std::slice::from_ref(&cp_a));
+        let (cp_b, t_b) = irreversible(&s, "b", &wid, &[&a1], &b.uri);
+        s.ingest_ok(&[t_a, t_a1, t_b]).await;
+
+        // Off the critical path: the rest proceeds, partial.
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "sub_dag"})).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "partial", "{}: {done}", s.name);
+        assert_eq!(step(&done, &cp_b)["execute_status"], "escalated", "{done}");
+        assert_eq!(step(&done, &cp_a)["execute_status"], "completed", "{done}");
+        assert_eq!(done["failed_agents"], json!([agent_id("b")]), "{done}");
+
+        // The critical one: a decision is needed.
+        let id = accepted(&s, json!({"checkpoint_id": cp_b, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        assert_eq!(step(&waiting, &cp_b)["execute_status"], "escalated");
+        assert_eq!(
+            b.calls(),
+            (0, 0),
+            "{}: the irreversible checkpoint was called",
+            s.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_checkpoint_cannot_prepare() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint_ttl(&wid, &[], 1).await;
+        s.ingest_ok(&[t_a]).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        let st = step(&waiting, &cp_a);
+        assert_eq!(st["prepare_status"], "cannot_prepare", "{}: {st}", s.name);
+        assert_eq!(
+            st["error"]["code"], "checkpoint_expired",
+            "{}: {st}",
+            s.name
+        );
+        assert_eq!(a.calls(), (0, 0), "an expired checkpoint is not called");
+    }
+}
+
+/// A bare agent speaking the protocol without storing answers: it refuses to prepare until
+/// `ready` is set, and always completes its execute.
+async fn start_bare_agent(
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::post;
+    use std::sync::atomic::Ordering;
+    let router = axum::Router::new()
+        .route(
+            "/.well-known/cascade/rollback/prepare",
+            post(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::SeqCst) {
+                        axum::Json(json!({"status": "prepared"}))
+                    } else {
+                        axum::Json(json!({"status": "cannot_prepare", "reason": "busy"}))
+                    }
+                }
+            }),
+        )
+        .route(
+            "/.well-known/cascade/rollback",
+            post(|| async { axum::Json(json!({"status": "completed"})) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "http://{}/.well-known/cascade/rollback",
+        listener.local_addr().unwrap()
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (uri, task)
+}
+
+#[tokio::test]
+async fn retry_after_cannot_prepare_completes() {
+    for s in servers_with(short).await {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (uri, _task) = start_bare_agent(ready.clone()).await;
+        let wid = wid();
+        let jti = uuid::Uuid::new_v4().to_string();
+        let mut c = checkpoint_claims("bare", &jti, &wid, &[]);
+        c["ext"]["cascade.rollback_uri"] = json!(uri);
+        s.ingest_ok(&[s.sign(&c)]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": jti, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        assert_eq!(step(&waiting, &jti)["prepare_status"], "cannot_prepare");
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(decide(&s, &id, "retry").await.status(), 200);
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        let st = step(&done, &jti);
+        assert_eq!(st["prepare_status"], "prepared", "{st}");
+        assert_eq!(st["execute_status"], "completed", "{st}");
+        assert_eq!(st["error"], Value::Null, "{st}");
+        assert_eq!(st["attempts"], 3, "{st}");
+        assert_eq!(done["failed_agents"], json!([]), "{done}");
+        assert_eq!(complete_status(&s, &done).await, "completed");
+    }
+}
+
+#[tokio::test]
+#[ignore = "the unwind-agent library stores its prepare answer per (rollback_id, checkpoint, phase), \
+            so a retry under the same rollback_id gets the stored cannot_prepare again"]
+async fn retry_after_cannot_prepare_completes_with_the_library_agent() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "cannot_prepare", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        s.ingest_ok(&[t_a]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        a.behave("prepared");
+        assert_eq!(decide(&s, &id, "retry").await.status(), 200);
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        let st = step(&done, &cp_a);
+        assert_eq!(st["prepare_status"], "prepared", "{st}");
+        assert_eq!(st["execute_status"], "completed", "{st}");
+        assert_eq!(st["error"], Value::Null, "{st}");
+        assert_eq!(done["failed_agents"], json!([]), "{done}");
+        assert_eq!(complete_status(&s, &done).await, "completed");
+    }
+}
+
+#[tokio::test]
+async fn failed_or_escalated_execute_off_the_critical_path_is_partial() {
+    for s in servers_with(short).await {
+        for (answer, expected) in [("failed", "failed"), ("escalated", "escalated")] {
+            let log: Log = Arc::default();
+            let a = start_agent(&s, "a", "", 0, &log).await;
+            let b = start_agent(&s, "b", &format!("execute={answer}"), 0, &log).await;
+            let wid = wid();
+            let (cp_a, cp_b, _) = seed_figure(&s, &a, &b, &wid).await;
+
+            let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+            let done = wait_for(&s, &id, TERMINAL).await;
+            assert_eq!(done["status"], "partial", "{} {answer}: {done}", s.name);
+            assert_eq!(step(&done, &cp_b)["execute_status"], expected, "{done}");
+            assert_eq!(step(&done, &cp_a)["execute_status"], "completed", "{done}");
+            assert_eq!(done["failed_agents"], json!([agent_id("b")]), "{done}");
+        }
+    }
+}
+
+/// An `Execution-Context` token of `agent/<name>` in `wid`, addressed to Unwind.
+fn context(s: &TestServer, name: &str, wid: &str) -> String {
+    let mut c = claims(
+        name,
+        &uuid::Uuid::new_v4().to_string(),
+        wid,
+        "request_rollback",
+        &[],
+    );
+    c.insert("aud".into(), json!([s.coordinator_id]));
+    s.sign(&c)
+}
+
+async fn agent_request(s: &TestServer, token: &str, body: Value) -> reqwest::Response {
+    s.client
+        .post(s.url("/v1/rollbacks"))
+        .header("Execution-Context", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn agents_may_ask_only_for_what_they_are_part_of() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        let b = start_agent(&s, "b", "", 0, &log).await;
+        let wid = wid();
+        let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
+        // z only posted an unrelated root ECT into the workflow.
+        let z_root = claims(
+            "z",
+            &uuid::Uuid::new_v4().to_string(),
+            &wid,
+            "unrelated",
+            &[],
+        );
+        s.ingest_ok(&[s.sign(&z_root)]).await;
+
+        let b_ctx = context(&s, "b", &wid);
+        let r = agent_request(
+            &s,
+            &b_ctx,
+            json!({"checkpoint_id": cp_a, "scope": "full_workflow"}),
+        )
+        .await;
+        assert_problem(r, 403, "forbidden", "full_workflow").await;
+        let r = agent_request(
+            &s,
+            &b_ctx,
+            json!({"checkpoint_id": cp_a, "on_cannot_prepare": "abort"}),
+        )
+        .await;
+        assert_problem(r, 403, "forbidden", "on_cannot_prepare").await;
+        let r = agent_request(&s, &context(&s, "z", &wid), json!({"checkpoint_id": cp_a})).await;
+        assert_problem(r, 403, "forbidden", "unrelated root").await;
+        let r = agent_request(
+            &s,
+            &context(&s, "b", &self::wid()),
+            json!({"checkpoint_id": cp_a}),
+        )
+        .await;
+        assert_problem(r, 403, "forbidden", "other wid").await;
+        let mut forged = claims(
+            "b",
+            &uuid::Uuid::new_v4().to_string(),
+            &wid,
+            "request_rollback",
+            &[],
+        );
+        forged.insert("aud".into(), json!([s.coordinator_id]));
+        let forged = s
+            .other_key
+            .sign_ect(&forged, unwind::ect::Profile::Draft00)
+            .unwrap();
+        let r = agent_request(&s, &forged, json!({"checkpoint_id": cp_a})).await;
+        assert_problem(r, 401, "unauthenticated", "forged").await;
+
+        // b issued ECTs below A: it may ask for A's sub_dag.
+        let r = agent_request(
+            &s,
+            &b_ctx,
+            json!({"checkpoint_id": cp_a, "scope": "sub_dag"}),
+        )
+        .await;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "{}: {body}", s.name);
+        assert_eq!(body["requested_by"], agent_id("b"), "{body}");
+        let id = body["rollback_id"].as_str().unwrap().to_string();
+        wait_for(&s, &id, TERMINAL).await;
+    }
+}
+
+#[tokio::test]
+async fn rollback_requests_are_rate_limited_per_requester() {
+    for s in servers_with(|c| {
+        short(c);
+        c.rollback.requests_per_s = 1;
+        c.rollback.requests_burst = 2;
+    })
+    .await
+    {
+        let body = json!({"checkpoint_id": "no-such-checkpoint"});
+        for i in 0..2 {
+            assert_eq!(
+                request(&s, body.clone()).await.status(),
+                404,
+                "{} #{i}",
+                s.name
+            );
+        }
+        let r = request(&s, body.clone()).await;
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        assert_problem(r, 429, "rate_limited", "third").await;
+        assert!(retry_after.is_some_and(|n| n >= 1), "{retry_after:?}");
+        // Another requester has its own budget.
+        let r = agent_request(&s, &context(&s, "a", &wid()), body.clone()).await;
+        assert_eq!(r.status(), 404, "{}", s.name);
+    }
+}
+
+/// Parses an event stream into (event, id, data) triples.
+fn parse_sse(text: &str) -> Vec<(String, i64, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut event, mut id, mut data) = (None, None, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse::<i64>().ok();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if let Some(event) = event {
+            out.push((
+                event,
+                id.expect("an id"),
+                serde_json::from_str(&data).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+async fn events(s: &TestServer, id: &str) -> reqwest::Response {
+    s.client
+        .get(s.url(&format!("/v1/rollbacks/{id}/events")))
+        .bearer_auth(READER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn event_streams_follow_a_rollback_to_its_end() {
+    for s in servers_with(short).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 400, &log).await;
+        let b = start_agent(&s, "b", "", 400, &log).await;
+        let wid = wid();
+        let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
+        let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+
+        let r = events(&s, &id).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let text = tokio::time::timeout(Duration::from_secs(30), r.text())
+            .await
+            .expect("the stream ends after a terminal state")
+            .unwrap();
+        let evs = parse_sse(&text);
+        assert!(evs.len() >= 2, "{}: {text}", s.name);
+        assert!(
+            evs.iter()
+                .all(|(e, _, d)| e == "rollback" && d["rollback_id"] == id.as_str())
+        );
+        assert!(
+            evs.windows(2).all(|w| w[0].1 < w[1].1),
+            "{}: ids do not increase: {text}",
+            s.name
+        );
+        assert!(
+            !TERMINAL.contains(&evs[0].2["status"].as_str().unwrap()),
+            "{text}"
+        );
+        let last = &evs.last().unwrap().2;
+        assert_eq!(last["status"], "completed", "{text}");
+
+        // Opened after the end: the current state, then the stream ends.
+        let (_, now) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
+        let text = tokio::time::timeout(Duration::from_secs(10), events(&s, &id).await.text())
+            .await
+            .expect("the stream of a finished rollback ends")
+            .unwrap();
+        let evs = parse_sse(&text);
+        assert_eq!(evs.len(), 1, "{text}");
+        assert_eq!(evs[0].2, now);
+
+        let unknown = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+        assert_problem(events(&s, &unknown).await, 404, "not_found", "unknown").await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_conflicts_on_two_servers_answer_like_a_serial_run() {
+    let servers = servers_with(short).await;
+    let Some(first) = servers.into_iter().find(|s| s.name == "postgres") else {
+        return;
+    };
+    let second = start_on_same_database(&first, &short).await;
+    let log: Log = Arc::default();
+    // Slow restores keep the winners active while the requests race.
+    let a = start_agent(&first, "a", "", 1500, &log).await;
+    let b = start_agent(&first, "b", "", 1500, &log).await;
+    let (w1, w2) = (wid(), wid());
+    let (a1, b1, _) = seed_figure(&first, &a, &b, &w1).await;
+    let (a2, b2, _) = seed_figure(&first, &a, &b, &w2).await;
+
+    // Per workflow: A's sub_dag and B's sub_dag share B, and have equal scope.
+    let mut bodies = Vec::new();
+    for i in 0..20 {
+        let cp = match i % 4 {
+            0 => &a1,
+            1 => &b1,
+            2 => &a2,
+            _ => &b2,
+        };
+        bodies.push(json!({"checkpoint_id": cp, "scope": "sub_dag"}));
+    }
+    let answers = futures::future::join_all(bodies.iter().enumerate().map(|(i, body)| {
+        let s = if i % 2 == 0 { &first } else { &second };
+        async move {
+            let r = request(s, body.clone()).await;
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+
+    for (w, cps) in [(&w1, [&a1, &b1]), (&w2, [&a2, &b2])] {
+        let mine: Vec<&(u16, Value)> = answers
+            .iter()
+            .zip(&bodies)
+            .filter(|(_, body)| cps.iter().any(|cp| body["checkpoint_id"] == cp.as_str()))
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(mine.len(), 10);
+        let winners: Vec<&Value> = mine
+            .iter()
+            .filter(|(s, _)| *s == 202)
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(winners.len(), 1, "{w}: {answers:?}");
+        let winner = winners[0]["rollback_id"].as_str().unwrap();
+        for (status, body) in mine.iter().filter(|(s, _)| *s != 202) {
+            assert_eq!(*status, 409, "{body}");
+            assert_eq!(body["code"], "rollback_conflict", "{body}");
+            assert_eq!(body["conflicting_rollback_id"], winner, "{body}");
+        }
+    }
+
+    // No two non-terminal rollbacks share a checkpoint.
+    let (_, page) = first.get_json("/v1/rollbacks?limit=1000").await;
+    let mut held = std::collections::HashSet::new();
+    for r in page["items"].as_array().unwrap() {
+        if TERMINAL.contains(&r["status"].as_str().unwrap()) {
+            continue;
+        }
+        for st in r["steps"].as_array().unwrap() {
+            let cp = st["checkpoint_id"].as_str().unwrap().to_string();
+            assert!(held.insert(cp.clone()), "{cp} held twice: {page}");
+        }
+    }
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+}
+
+#[tokio::test]
+async fn every_step_gets_its_own_deadline() {
+    // Each restore fits in the deadline, but both together do not.
+    for s in servers_with(|c| {
+        short(c);
+        c.rollback.agent_timeout_ms = 2900;
+    })
+    .await
+    {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 1700, &log).await;
+        let b = start_agent(&s, "b", "", 1700, &log).await;
+        let wid = wid();
+        let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
+        let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+        let done = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+    }
+}
+
+/// A bare agent whose execute answers 500 until `ready` is set.
+async fn start_flaky_executor(
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use std::sync::atomic::Ordering;
+    let router = axum::Router::new()
+        .route(
+            "/.well-known/cascade/rollback/prepare",
+            post(|| async { axum::Json(json!({"status": "prepared"})) }),
+        )
+        .route(
+            "/.well-known/cascade/rollback",
+            post(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::SeqCst) {
+                        axum::Json(json!({"status": "completed"})).into_response()
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE.into_response()
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "http://{}/.well-known/cascade/rollback",
+        listener.local_addr().unwrap()
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (uri, task)
+}
+
+#[tokio::test]
+async fn retry_after_a_failed_critical_execute_runs_it_again() {
+    for s in servers_with(short).await {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (uri, _task) = start_flaky_executor(ready.clone()).await;
+        let wid = wid();
+        let jti = uuid::Uuid::new_v4().to_string();
+        let mut c = checkpoint_claims("bare", &jti, &wid, &[]);
+        c["ext"]["cascade.rollback_uri"] = json!(uri);
+        s.ingest_ok(&[s.sign(&c)]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": jti, "scope": "single"})).await;
+        let waiting = wait_for(
+            &s,
+            &id,
+            &["awaiting_decision", "completed", "partial", "failed"],
+        )
+        .await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+        assert_eq!(
+            step(&waiting, &jti)["execute_status"],
+            "failed",
+            "{waiting}"
+        );
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(decide(&s, &id, "retry").await.status(), 200);
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        assert_eq!(step(&done, &jti)["execute_status"], "completed", "{done}");
+    }
+}
