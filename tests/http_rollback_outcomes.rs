@@ -603,8 +603,6 @@ async fn retry_after_cannot_prepare_completes() {
 }
 
 #[tokio::test]
-#[ignore = "the unwind-agent library stores its prepare answer per (rollback_id, checkpoint, phase), \
-            so a retry under the same rollback_id gets the stored cannot_prepare again"]
 async fn retry_after_cannot_prepare_completes_with_the_library_agent() {
     for s in servers_with(short).await {
         let log: Log = Arc::default();

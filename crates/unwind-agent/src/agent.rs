@@ -612,6 +612,18 @@ impl Agent {
             Phase::Execute => self.execute(&request, &ctx).await,
         };
         match result {
+            // A refusal to prepare binds nothing and may change (a lock released): it is not
+            // stored, so a rollback retried after an operator's decision asks again. A
+            // `prepared` answer and every execute answer are stored and repeated.
+            Ok(answer)
+                if phase == Phase::Prepare
+                    && answer.get("status").and_then(Value::as_str) == Some("cannot_prepare") =>
+            {
+                if let Err(e) = store.release(&key).await {
+                    tracing::error!(error = %e, "cannot release a rollback claim");
+                }
+                Ok(answer)
+            }
             Ok(answer) => {
                 store.complete(&key, &answer).await?;
                 Ok(answer)
