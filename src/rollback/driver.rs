@@ -151,7 +151,9 @@ impl Coordinator {
         };
         let outcome = self.drive_leased(&lease, &lost).await;
         renewer.abort();
-        if !lost.load(Ordering::SeqCst) {
+        // After an error the lease is kept until it expires: the next attempt (here or on
+        // another replica) comes a lease later instead of at once, over and over.
+        if outcome.is_ok() && !lost.load(Ordering::SeqCst) {
             let _ = self.store.release_lease(&lease).await;
         }
         outcome

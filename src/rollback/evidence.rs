@@ -17,6 +17,81 @@ pub struct Evidence {
     pub token: String,
 }
 
+/// Room for `ext` under the profile's 4,096-byte limit, with margin for `cascade.omitted`.
+const EXT_BUDGET: usize = 3_900;
+
+/// Sets `ext[key]` to as many leading `items` as keep `ext` within [`EXT_BUDGET`]; returns how
+/// many that is.
+fn fill(ext: &mut Map<String, Value>, key: &str, items: &[Value]) -> usize {
+    let size = |ext: &Map<String, Value>| Value::Object(ext.clone()).to_string().len();
+    ext.insert(key.into(), Value::Array(Vec::new()));
+    let mut used = size(ext);
+    let mut kept = Vec::new();
+    for item in items {
+        let extra = item.to_string().len() + 1;
+        if used + extra > EXT_BUDGET {
+            break;
+        }
+        used += extra;
+        kept.push(item.clone());
+    }
+    let n = kept.len();
+    ext.insert(key.into(), Value::Array(kept));
+    n
+}
+
+/// One entry per agent: how many of its steps were undone and, for an agent with one step,
+/// which checkpoint and the state hashes it reported.
+fn per_agent(steps: &[StepRecord]) -> Vec<Value> {
+    let mut by_agent: std::collections::BTreeMap<&str, Vec<&StepRecord>> = Default::default();
+    for s in steps {
+        by_agent.entry(s.agent.as_str()).or_default().push(s);
+    }
+    by_agent
+        .into_iter()
+        .map(|(agent, steps)| {
+            let undone = steps
+                .iter()
+                .filter(|s| s.execute_status.is_undone())
+                .count();
+            let mut entry = json!({"agent": agent, "steps": steps.len(), "undone": undone});
+            if let [only] = steps.as_slice() {
+                entry["checkpoint_id"] = json!(only.checkpoint_id);
+                entry["execute_status"] = json!(only.execute_status);
+                for key in ["state_hash_before", "state_hash_after"] {
+                    let hash = only.response.as_ref().and_then(|r| r.get(key));
+                    if let Some(v) = hash.filter(|v| v.is_string()) {
+                        entry[key] = v.clone();
+                    }
+                }
+            }
+            entry
+        })
+        .collect()
+}
+
+/// SHA-256 over every step's outcome, in step order: the evidence commits to all of them even
+/// when the lists are cut to fit.
+fn steps_digest(steps: &[StepRecord]) -> String {
+    let outcome: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            let hash = |key: &str| s.response.as_ref().and_then(|r| r.get(key)).cloned();
+            json!([
+                s.checkpoint_id,
+                s.agent,
+                s.prepare_status,
+                s.execute_status,
+                hash("state_hash_before"),
+                hash("state_hash_after"),
+                s.reused_from,
+            ])
+        })
+        .collect();
+    let text = Value::Array(outcome).to_string();
+    format!("sha256:{}", crate::ect::sha256_hex(text.as_bytes()))
+}
+
 /// Signs the coordinator's rollback evidence.
 #[derive(Clone)]
 pub struct EvidenceSigner {
@@ -74,31 +149,6 @@ impl EvidenceSigner {
         start_jti: &str,
         now: i64,
     ) -> Result<Evidence, KeyError> {
-        let cascaded: Vec<Value> = steps
-            .iter()
-            .map(|s| {
-                let mut entry = json!({
-                    "checkpoint_id": s.checkpoint_id,
-                    "agent": s.agent,
-                    "prepare_status": s.prepare_status,
-                    "execute_status": s.execute_status,
-                });
-                for key in ["state_hash_before", "state_hash_after"] {
-                    if let Some(v) = s
-                        .response
-                        .as_ref()
-                        .and_then(|r| r.get(key))
-                        .filter(|v| v.is_string())
-                    {
-                        entry[key] = v.clone();
-                    }
-                }
-                if let Some(from) = &s.reused_from {
-                    entry["reused_from"] = json!(from);
-                }
-                entry
-            })
-            .collect();
         let mut ext = Map::new();
         ext.insert("cascade.rollback_id".into(), json!(rollback.rollback_id));
         ext.insert(
@@ -107,11 +157,18 @@ impl EvidenceSigner {
         );
         ext.insert("cascade.scope".into(), json!(rollback.scope.as_str()));
         ext.insert("cascade.status".into(), json!(rollback.status.as_str()));
-        ext.insert("cascade.cascaded".into(), Value::Array(cascaded));
-        ext.insert(
-            "cascade.failed_agents".into(),
-            json!(rollback.failed_agents),
-        );
+        ext.insert("cascade.steps".into(), json!(steps.len()));
+        ext.insert("cascade.steps_digest".into(), json!(steps_digest(steps)));
+        // Per-agent results (the draft's shape), then the failed agents, as many of each as
+        // fit the profile's 4 KiB `ext` limit; the digest above commits to every step either way.
+        let cascaded = per_agent(steps);
+        let listed = fill(&mut ext, "cascade.cascaded", &cascaded);
+        let failed: Vec<Value> = rollback.failed_agents.iter().map(|a| json!(a)).collect();
+        let failed_listed = fill(&mut ext, "cascade.failed_agents", &failed);
+        let omitted = (cascaded.len() - listed) + (failed.len() - failed_listed);
+        if omitted > 0 {
+            ext.insert("cascade.omitted".into(), json!(omitted));
+        }
         let aud = vec![self.coordinator_id.clone()];
         self.sign(
             "rollback_complete",
@@ -268,8 +325,45 @@ mod tests {
         assert_eq!(v.ext["cascade.status"], json!("partial"));
         assert_eq!(v.ext["cascade.failed_agents"], json!(["spiffe://x/b"]));
         let cascaded = v.ext["cascade.cascaded"].as_array().unwrap();
+        assert_eq!(cascaded[0]["agent"], json!("spiffe://x/a"));
+        assert_eq!(cascaded[0]["undone"], json!(1));
         assert_eq!(cascaded[0]["execute_status"], json!("completed"));
         assert_eq!(cascaded[0]["state_hash_after"], json!("sha256:bb"));
+        assert_eq!(v.ext["cascade.steps"], json!(1));
+        assert!(
+            v.ext["cascade.steps_digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+        assert!(v.ext.get("cascade.omitted").is_none());
+    }
+
+    /// A thousand steps of a thousand agents still give a token the ledger accepts (ext within
+    /// 4 KiB), listing what fits and counting what does not.
+    #[tokio::test]
+    async fn huge_rollbacks_fit_the_ext_limit() {
+        let key = Arc::new(SigningKey::generate(KeyAlg::ES256).unwrap());
+        let signer = EvidenceSigner::new(key.clone(), COORD, Profile::Draft00, 3600);
+        let (mut record, template) = record();
+        let steps: Vec<StepRecord> = (0..1000)
+            .map(|i| StepRecord {
+                checkpoint_id: format!("cp-{i:04}-{}", "x".repeat(30)),
+                agent: format!("spiffe://example.com/agent/{i:04}"),
+                ..template[0].clone()
+            })
+            .collect();
+        record.failed_agents = steps.iter().map(|s| s.agent.clone()).collect();
+        let now = Utc::now().timestamp();
+        let ev = signer
+            .rollback_complete(&record, &steps, "start", now)
+            .unwrap();
+        let v = verifier(&key).verify(&ev.token, now).await.unwrap();
+        let listed = v.ext["cascade.cascaded"].as_array().unwrap().len()
+            + v.ext["cascade.failed_agents"].as_array().unwrap().len();
+        assert!(listed > 0);
+        assert_eq!(v.ext["cascade.omitted"], json!(2000 - listed));
+        assert_eq!(v.ext["cascade.steps"], json!(1000));
     }
 
     #[tokio::test]
