@@ -3,210 +3,19 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
+use common::agents::*;
 use common::server::*;
-use serde_json::{Map, Value, json};
-use unwind_agent::{
-    Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
-    RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
-};
-
-/// What the agents saw, in order: (agent, phase, checkpoint id).
-type Log = Arc<Mutex<Vec<(String, &'static str, String)>>>;
-
-struct Recorder {
-    name: String,
-    log: Log,
-    cannot_prepare: bool,
-    delay: Duration,
-}
-
-#[unwind_agent::async_trait]
-impl RollbackHandler for Recorder {
-    async fn prepare(&self, ctx: &CheckpointCtx) -> PrepareDecision {
-        self.log
-            .lock()
-            .unwrap()
-            .push((self.name.clone(), "prepare", ctx.checkpoint.jti.clone()));
-        if self.cannot_prepare {
-            PrepareDecision::CannotPrepare("resource locked".into())
-        } else {
-            PrepareDecision::Prepared
-        }
-    }
-
-    async fn restore(
-        &self,
-        ctx: &CheckpointCtx,
-        _snapshot: Vec<u8>,
-    ) -> Result<RestoreOutcome, HandlerError> {
-        self.log
-            .lock()
-            .unwrap()
-            .push((self.name.clone(), "start", ctx.checkpoint.jti.clone()));
-        tokio::time::sleep(self.delay).await;
-        self.log
-            .lock()
-            .unwrap()
-            .push((self.name.clone(), "end", ctx.checkpoint.jti.clone()));
-        Ok(RestoreOutcome::completed()
-            .with_hashes(Some("sha256:before".into()), Some("sha256:after".into())))
-    }
-}
-
-struct TestAgent {
-    agent: Agent,
-    uri: String,
-    _task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn coordinator_jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
-    s.client
-        .get(s.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn start_agent(
-    s: &TestServer,
-    name: &str,
-    log: &Log,
-    cannot_prepare: bool,
-    delay_ms: u64,
-) -> TestAgent {
-    let dir = tempfile::tempdir().unwrap();
-    let id = format!("{AGENT_PREFIX}{name}");
-    let store = CheckpointStore::open(StoreOptions::in_dir(
-        dir.path(),
-        id.clone(),
-        SnapshotKey::generate().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let handler = Arc::new(Recorder {
-        name: name.to_string(),
-        log: log.clone(),
-        cannot_prepare,
-        delay: Duration::from_millis(delay_ms),
-    });
-    let agent = Agent::builder()
-        .id(&id)
-        .signing_key(s.agent_key.clone())
-        .coordinator(
-            &s.coordinator_id,
-            CoordinatorKeys::Static(coordinator_jwks(s).await),
-        )
-        .store(store)
-        .handler(handler)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "http://{}/.well-known/cascade/rollback",
-        listener.local_addr().unwrap()
-    );
-    let router = agent.router();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    TestAgent {
-        agent,
-        uri,
-        _task: task,
-        _dir: dir,
-    }
-}
-
-impl TestAgent {
-    async fn checkpoint(&self, wid: &str, parents: &[String]) -> (String, String) {
-        let (cp, token) = self
-            .agent
-            .checkpoint(
-                b"router config v1",
-                3600,
-                Some("router-1"),
-                true,
-                wid,
-                parents,
-                Some(&self.uri),
-            )
-            .await
-            .unwrap();
-        (cp.jti, token)
-    }
-
-    fn action(&self, wid: &str, exec_act: &str, parents: &[String]) -> (String, String) {
-        let token = self
-            .agent
-            .action_ect(exec_act, Some(wid), parents, Map::new())
-            .unwrap();
-        let (_, claims) = unwind::ect::jws::decode_unverified(&token).unwrap();
-        (claims["jti"].as_str().unwrap().to_string(), token)
-    }
-}
-
-/// The seed figure: Checkpoint A -> A1 -> Checkpoint B -> B1, B2; agent a owns A and A1, agent
-/// b owns B, B1 and B2. Returns (A, A1, B, B1) jtis.
-async fn seed_figure(
-    s: &TestServer,
-    a: &TestAgent,
-    b: &TestAgent,
-    wid: &str,
-) -> (String, String, String, String) {
-    let (cp_a, t_a) = a.checkpoint(wid, &[]).await;
-    let (a1, t_a1) = a.action(wid, "reconfigure_router", std::slice::from_ref(&cp_a));
-    let (cp_b, t_b) = b.checkpoint(wid, std::slice::from_ref(&a1)).await;
-    let (b1, t_b1) = b.action(wid, "update_dns", std::slice::from_ref(&cp_b));
-    let (_, t_b2) = b.action(wid, "notify", std::slice::from_ref(&cp_b));
-    s.ingest_ok(&[t_a, t_a1, t_b, t_b1, t_b2]).await;
-    (cp_a, a1, cp_b, b1)
-}
-
-async fn request(s: &TestServer, body: Value) -> reqwest::Response {
-    s.client
-        .post(s.url("/v1/rollbacks"))
-        .bearer_auth(OPERATOR_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Polls the rollback until it reaches one of `states`.
-async fn wait_for(s: &TestServer, id: &str, states: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        if states.contains(&body["status"].as_str().unwrap_or("")) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: stuck in {}: {body}",
-            s.name,
-            body["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn the_seed_figure_rolls_back_b_then_a_with_signed_evidence() {
     for s in servers().await {
-        let log: Log = Arc::default();
-        let a = start_agent(&s, "a", &log, false, 50).await;
+        let log: Log = std::sync::Arc::default();
+        let a = start_agent(&s, "a", "prepared", 50, &log).await;
         // b is slow, so the first rollback is still running when the broader one arrives.
-        let b = start_agent(&s, "b", &log, false, 400).await;
+        let b = start_agent(&s, "b", "prepared", 400, &log).await;
         let wid = uuid::Uuid::new_v4().to_string();
-        let (cp_a, _, cp_b, b1) = seed_figure(&s, &a, &b, &wid).await;
+        let (cp_a, cp_b, b1) = seed_figure(&s, &a, &b, &wid).await;
 
         let r = request(
             &s,
@@ -248,11 +57,11 @@ async fn the_seed_figure_rolls_back_b_then_a_with_signed_evidence() {
         let log = log.lock().unwrap().clone();
         let end_b = log
             .iter()
-            .rposition(|(n, p, _)| n == "b" && *p == "end")
+            .rposition(|(n, p, _, _)| n == "b" && *p == "end")
             .unwrap();
         let start_a = log
             .iter()
-            .rposition(|(n, p, _)| n == "a" && *p == "start")
+            .rposition(|(n, p, _, _)| n == "a" && *p == "start")
             .unwrap();
         assert!(
             end_b < start_a,
@@ -263,7 +72,7 @@ async fn the_seed_figure_rolls_back_b_then_a_with_signed_evidence() {
         for cp in [&cp_a, &cp_b] {
             let n = log
                 .iter()
-                .filter(|(_, p, c)| *p == "start" && c == cp)
+                .filter(|(_, p, c, _)| *p == "start" && c == cp)
                 .count();
             assert_eq!(n, 1, "{}: {cp} restored {n} times: {log:?}", s.name);
         }
@@ -306,11 +115,11 @@ async fn the_seed_figure_rolls_back_b_then_a_with_signed_evidence() {
 #[tokio::test]
 async fn idempotency_conflicts_and_refusals() {
     for s in servers().await {
-        let log: Log = Arc::default();
-        let a = start_agent(&s, "a", &log, false, 300).await;
-        let b = start_agent(&s, "b", &log, false, 300).await;
+        let log: Log = std::sync::Arc::default();
+        let a = start_agent(&s, "a", "prepared", 300, &log).await;
+        let b = start_agent(&s, "b", "prepared", 300, &log).await;
         let wid = uuid::Uuid::new_v4().to_string();
-        let (cp_a, a1, cp_b, _) = seed_figure(&s, &a, &b, &wid).await;
+        let (cp_a, cp_b, b1) = seed_figure(&s, &a, &b, &wid).await;
         let id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
 
         let body = json!({"rollback_id": id, "checkpoint_id": cp_a, "scope": "sub_dag"});
@@ -332,7 +141,7 @@ async fn idempotency_conflicts_and_refusals() {
         assert_eq!(p["conflicting_rollback_id"], id);
         // Refusals.
         assert_problem(
-            request(&s, json!({"checkpoint_id": a1})).await,
+            request(&s, json!({"checkpoint_id": b1})).await,
             422,
             "not_a_checkpoint",
             "action",
@@ -346,7 +155,7 @@ async fn idempotency_conflicts_and_refusals() {
         )
         .await;
         assert_problem(
-            request(&s, json!({"checkpoint_id": cp_a, "trigger_ect": a1})).await,
+            request(&s, json!({"checkpoint_id": cp_a, "trigger_ect": b1})).await,
             422,
             "invalid_request",
             "both",
@@ -395,11 +204,11 @@ async fn idempotency_conflicts_and_refusals() {
 #[tokio::test]
 async fn cannot_prepare_on_the_critical_path_waits_for_a_decision() {
     for s in servers().await {
-        let log: Log = Arc::default();
-        let a = start_agent(&s, "a", &log, true, 0).await;
-        let b = start_agent(&s, "b", &log, false, 0).await;
+        let log: Log = std::sync::Arc::default();
+        let a = start_agent(&s, "a", "cannot_prepare", 0, &log).await;
+        let b = start_agent(&s, "b", "prepared", 0, &log).await;
         let wid = uuid::Uuid::new_v4().to_string();
-        let (cp_a, _, _, _) = seed_figure(&s, &a, &b, &wid).await;
+        let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
         let r = request(&s, json!({"checkpoint_id": cp_a})).await;
         let id = r.json::<Value>().await.unwrap()["rollback_id"]
             .as_str()
@@ -415,7 +224,7 @@ async fn cannot_prepare_on_the_critical_path_waits_for_a_decision() {
             .clone();
         assert_eq!(step_a["prepare_status"], "cannot_prepare", "{waiting}");
         assert!(
-            log.lock().unwrap().iter().all(|(_, p, _)| *p == "prepare"),
+            log.lock().unwrap().is_empty(),
             "nothing executes before a decision"
         );
 

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod server;
 pub mod tokens;
 

@@ -1,0 +1,280 @@
+//! Agents for rollback tests: real HTTP servers on 127.0.0.1 built from the `unwind-agent`
+//! crate (the reference handler, with programmable behaviour and a log of when restores ran),
+//! and the requests and polls the rollback tests share.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use unwind::config::Config;
+use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
+use unwind_agent::{
+    Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
+    RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
+};
+
+use super::server::*;
+
+/// Restores seen by the agents: (agent, "start" | "end", checkpoint id, when).
+pub type Log = Arc<Mutex<Vec<(String, &'static str, String, Instant)>>>;
+
+/// The reference handler, with a restore delay and a log of when restores ran.
+pub struct Timed {
+    pub name: String,
+    pub inner: ReferenceHandler,
+    pub log: Log,
+    pub delay: Duration,
+}
+
+#[unwind_agent::async_trait]
+impl RollbackHandler for Timed {
+    async fn prepare(&self, ctx: &CheckpointCtx) -> PrepareDecision {
+        self.inner.prepare(ctx).await
+    }
+
+    async fn restore(
+        &self,
+        ctx: &CheckpointCtx,
+        snapshot: Vec<u8>,
+    ) -> Result<RestoreOutcome, HandlerError> {
+        let jti = ctx.checkpoint.jti.clone();
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), "start", jti.clone(), Instant::now()));
+        tokio::time::sleep(self.delay).await;
+        let out = self.inner.restore(ctx, snapshot).await;
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), "end", jti, Instant::now()));
+        out
+    }
+
+    async fn compensate(&self, ctx: &CheckpointCtx) -> Result<RestoreOutcome, HandlerError> {
+        self.inner.compensate(ctx).await
+    }
+}
+
+pub struct TestAgent {
+    pub agent: Agent,
+    pub uri: String,
+    pub controls: Arc<Controls>,
+    pub task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn short(c: &mut Config) {
+    c.rollback.agent_timeout_ms = 300;
+    c.rollback.step_deadline_s = 3;
+    c.rollback.poll_ms = 100;
+}
+
+pub async fn coordinator_jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
+    s.client
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// An agent `agent/<name>` on 127.0.0.1 with the reference behaviour `behaviour` and restores
+/// that take `delay_ms`.
+pub async fn start_agent(
+    s: &TestServer,
+    name: &str,
+    behaviour: &str,
+    delay_ms: u64,
+    log: &Log,
+) -> TestAgent {
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("{AGENT_PREFIX}{name}");
+    let store = CheckpointStore::open(StoreOptions::in_dir(
+        dir.path(),
+        id.clone(),
+        SnapshotKey::generate().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let controls = Controls::new(behaviour.parse::<Behaviour>().unwrap());
+    let handler = Arc::new(Timed {
+        name: name.to_string(),
+        inner: ReferenceHandler::new(controls.clone()),
+        log: log.clone(),
+        delay: Duration::from_millis(delay_ms),
+    });
+    let agent = Agent::builder()
+        .id(&id)
+        .signing_key(s.agent_key.clone())
+        .coordinator(
+            &s.coordinator_id,
+            CoordinatorKeys::Static(coordinator_jwks(s).await),
+        )
+        .store(store)
+        .handler(handler)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "http://{}/.well-known/cascade/rollback",
+        listener.local_addr().unwrap()
+    );
+    let router = reference::router(&agent, controls.clone(), false);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    TestAgent {
+        agent,
+        uri,
+        controls,
+        task,
+        _dir: dir,
+    }
+}
+
+impl TestAgent {
+    pub async fn checkpoint_ttl(
+        &self,
+        wid: &str,
+        parents: &[String],
+        ttl: u64,
+    ) -> (String, String) {
+        let (cp, token) = self
+            .agent
+            .checkpoint(
+                b"router config v1",
+                ttl,
+                Some("router-1"),
+                true,
+                wid,
+                parents,
+                Some(&self.uri),
+            )
+            .await
+            .unwrap();
+        (cp.jti, token)
+    }
+
+    pub async fn checkpoint(&self, wid: &str, parents: &[String]) -> (String, String) {
+        self.checkpoint_ttl(wid, parents, 3600).await
+    }
+
+    pub fn action(&self, wid: &str, exec_act: &str, parents: &[String]) -> (String, String) {
+        let token = self
+            .agent
+            .action_ect(exec_act, Some(wid), parents, Map::new())
+            .unwrap();
+        let (_, claims) = unwind::ect::jws::decode_unverified(&token).unwrap();
+        (claims["jti"].as_str().unwrap().to_string(), token)
+    }
+
+    pub fn behave(&self, spec: &str) {
+        self.controls.set_behaviour(spec.parse().unwrap());
+    }
+
+    /// Protocol calls received: (prepare, execute).
+    pub fn calls(&self) -> (u64, u64) {
+        let c = self.controls.calls();
+        (
+            c["prepare"].as_u64().unwrap(),
+            c["execute"].as_u64().unwrap(),
+        )
+    }
+}
+
+/// Checkpoint A -> A1 -> Checkpoint B -> B1, B2; a owns A and A1, b owns B, B1 and B2.
+/// Returns (A, B, B1).
+pub async fn seed_figure(
+    s: &TestServer,
+    a: &TestAgent,
+    b: &TestAgent,
+    wid: &str,
+) -> (String, String, String) {
+    let (cp_a, t_a) = a.checkpoint(wid, &[]).await;
+    let (a1, t_a1) = a.action(wid, "reconfigure_router", std::slice::from_ref(&cp_a));
+    let (cp_b, t_b) = b.checkpoint(wid, std::slice::from_ref(&a1)).await;
+    let (b1, t_b1) = b.action(wid, "update_dns", std::slice::from_ref(&cp_b));
+    let (_, t_b2) = b.action(wid, "notify", std::slice::from_ref(&cp_b));
+    s.ingest_ok(&[t_a, t_a1, t_b, t_b1, t_b2]).await;
+    (cp_a, cp_b, b1)
+}
+
+pub async fn request(s: &TestServer, body: Value) -> reqwest::Response {
+    s.client
+        .post(s.url("/v1/rollbacks"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Requests a rollback that must be accepted; returns its id.
+pub async fn accepted(s: &TestServer, body: Value) -> String {
+    let r = request(s, body).await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{}: {body}", s.name);
+    body["rollback_id"].as_str().unwrap().to_string()
+}
+
+pub async fn decide(s: &TestServer, id: &str, decision: &str) -> reqwest::Response {
+    s.client
+        .post(s.url(&format!("/v1/rollbacks/{id}/decision")))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({ "decision": decision }))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub const TERMINAL: &[&str] = &["completed", "partial", "failed", "aborted", "superseded"];
+
+/// Polls the rollback until it reaches one of `states`.
+pub async fn wait_for(s: &TestServer, id: &str, states: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        if states.contains(&body["status"].as_str().unwrap_or("")) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: stuck in {}: {body}",
+            s.name,
+            body["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn step(rollback: &Value, checkpoint: &str) -> Value {
+    rollback["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["checkpoint_id"] == checkpoint)
+        .unwrap_or_else(|| panic!("no step for {checkpoint}: {rollback}"))
+        .clone()
+}
+
+pub async fn complete_status(s: &TestServer, rollback: &Value) -> Value {
+    let jti = rollback["evidence"]["rollback_complete"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rollback_complete: {rollback}"));
+    let (status, ect) = s.get_json(&format!("/v1/ects/{jti}")).await;
+    assert_eq!(status, 200, "{ect}");
+    ect["ext"]["cascade.status"].clone()
+}
+
+pub fn agent_id(name: &str) -> String {
+    format!("{AGENT_PREFIX}{name}")
+}
+
+pub fn wid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
