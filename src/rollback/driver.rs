@@ -374,14 +374,7 @@ impl Coordinator {
                     // Each step's deadline starts with its first call.
                     let deadline = tokio::time::Instant::now() + step_deadline;
                     let attempts = AtomicU32::new(0);
-                    let call = StepCall {
-                        agent: &step.agent,
-                        rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
-                        rollback_id,
-                        checkpoint_id: &step.checkpoint_id,
-                        scope,
-                        context,
-                    };
+                    let call = step_call(&step, rollback_id, scope, context);
                     let answer = self
                         .agents
                         .prepare(&call, deadline, |_| {
@@ -536,14 +529,7 @@ impl Coordinator {
                         // Each step's deadline starts with its first call.
                         let deadline = tokio::time::Instant::now() + step_deadline;
                         let attempts = AtomicU32::new(0);
-                        let call = StepCall {
-                            agent: &step.agent,
-                            rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
-                            rollback_id,
-                            checkpoint_id: &step.checkpoint_id,
-                            scope,
-                            context,
-                        };
+                        let call = step_call(&step, rollback_id, scope, context);
                         let started = std::time::Instant::now();
                         let answer = self
                             .agents
@@ -698,6 +684,23 @@ impl Coordinator {
     async fn save(&self, lease: &Lease, rb: &mut RollbackRecord) -> Result<(), DriveError> {
         *rb = self.store.update_rollback(lease, rb).await?;
         Ok(())
+    }
+}
+
+/// The agent call for one step of this rollback.
+fn step_call<'a>(
+    step: &'a StepRecord,
+    rollback_id: &'a str,
+    scope: &'a str,
+    context: &'a str,
+) -> StepCall<'a> {
+    StepCall {
+        agent: &step.agent,
+        rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
+        rollback_id,
+        checkpoint_id: &step.checkpoint_id,
+        scope,
+        context,
     }
 }
 
