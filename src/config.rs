@@ -487,6 +487,12 @@ impl Config {
         if self.rollback.lease_s < 3 {
             return Err(key_error("rollback.lease_s", "must be at least 3 seconds"));
         }
+        if self.rollback.evidence_ttl_s == 0 {
+            return Err(key_error(
+                "rollback.evidence_ttl_s",
+                "must be at least 1 second",
+            ));
+        }
         if self.rollback.max_concurrency == 0 || self.rollback.max_active == 0 {
             return Err(key_error(
                 "rollback.max_concurrency",

@@ -119,6 +119,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
             step_deadline: Duration::from_secs(config.rollback.step_deadline_s),
             poll_interval: Duration::from_millis(config.rollback.poll_ms.max(10)),
             max_rollbacks: config.rollback.max_active,
+            evidence_ttl: Duration::from_secs(config.rollback.evidence_ttl_s),
         },
     );
     let rollback_limiter = Arc::new(RequestLimiter::new(

@@ -778,3 +778,89 @@ async fn retry_after_a_failed_critical_execute_runs_it_again() {
         assert_eq!(step(&done, &jti)["execute_status"], "completed", "{done}");
     }
 }
+
+#[tokio::test]
+async fn a_retrying_step_shows_its_attempts_and_last_error_while_it_retries() {
+    let patient = |c: &mut unwind::config::Config| {
+        short(c);
+        c.rollback.step_deadline_s = 30;
+    };
+    for s in servers_with(patient).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "fail:1000", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        s.ingest_ok(&[t_a]).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let started = std::time::Instant::now();
+        let seen = loop {
+            let (_, rb) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
+            let st = step(&rb, &cp_a);
+            if st["attempts"].as_u64().is_some_and(|n| n >= 2) {
+                break rb;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{}: attempts never shown while retrying: {rb}",
+                s.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(seen["status"], "preparing", "{}: {seen}", s.name);
+        let st = step(&seen, &cp_a);
+        assert_eq!(st["prepare_status"], "pending", "{st}");
+        assert!(
+            st["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{}: the last error is not shown: {st}",
+            s.name
+        );
+
+        // The agent recovers: the step completes and every call is counted once.
+        a.behave("");
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        let (prepare, execute) = a.calls();
+        let st = step(&done, &cp_a);
+        assert_eq!(
+            st["attempts"],
+            json!(prepare + execute),
+            "{}: {done}",
+            s.name
+        );
+        assert_eq!(st["error"], Value::Null, "{st}");
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_past_its_evidence_lifetime_ends_failed() {
+    let brief = |c: &mut unwind::config::Config| {
+        short(c);
+        c.rollback.evidence_ttl_s = 2;
+    };
+    for s in servers_with(brief).await {
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "cannot_prepare", 0, &log).await;
+        let wid = wid();
+        let (cp_a, t_a) = a.checkpoint(&wid, &[]).await;
+        s.ingest_ok(&[t_a]).await;
+
+        // On the critical path: it waits for a decision that never comes.
+        let id = accepted(&s, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        let waiting = wait_for(&s, &id, &["awaiting_decision", "failed", "completed"]).await;
+        assert_eq!(
+            waiting["status"], "awaiting_decision",
+            "{}: {waiting}",
+            s.name
+        );
+
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "failed", "{}: {done}", s.name);
+        assert_eq!(complete_status(&s, &done).await, "failed", "{}", s.name);
+        let st = step(&done, &cp_a);
+        assert_eq!(st["error"]["code"], "rollback_expired", "{}: {st}", s.name);
+        assert_eq!(done["failed_agents"], json!([agent_id("a")]), "{done}");
+        // Too late for a decision.
+        assert_eq!(decide(&s, &id, "retry").await.status(), 409, "{}", s.name);
+    }
+}

@@ -10,20 +10,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::evidence::EvidenceSigner;
+use super::inflight::{Done, InFlight, Reporter, Retrying};
 use super::model::{
     ExecuteStatus, Lease, PrepareStatus, RollbackFilter, RollbackRecord, RollbackStatus, StepError,
     StepRecord,
 };
-use crate::agents::{AgentClient, ExecuteResult, Final, PrepareAnswer, StepCall};
+use crate::agents::{AgentClient, ExecuteAnswer, ExecuteResult, Final, PrepareAnswer, StepCall};
 use crate::ledger::Ledger;
 use crate::store::{Store, StoreError};
 
@@ -40,6 +39,9 @@ pub struct DriverSettings {
     pub poll_interval: Duration,
     /// Rollbacks one worker drives at the same time.
     pub max_rollbacks: usize,
+    /// Lifetime of a rollback's `rollback_start` (its `exp`): a rollback not finished by then,
+    /// awaiting a decision or not, ends `failed` — agents would refuse its context anyway.
+    pub evidence_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,14 @@ impl Coordinator {
             self.settings.max_rollbacks.max(1),
         ));
         tokio::pin!(shutdown);
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
+            if last_sweep.is_none_or(|t| t.elapsed() >= self.sweep_interval()) {
+                last_sweep = Some(std::time::Instant::now());
+                if let Err(e) = self.release_expired_waiting().await {
+                    tracing::warn!(error = %e, "cannot look for expired rollbacks");
+                }
+            }
             let permit = tokio::select! {
                 _ = &mut shutdown => return,
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -126,6 +135,56 @@ impl Coordinator {
                 _ = tokio::time::sleep(self.settings.poll_interval) => {},
             }
         }
+    }
+
+    /// How often to look for rollbacks awaiting a decision past their evidence lifetime: a
+    /// small fraction of that lifetime, at least every second and at most every minute.
+    fn sweep_interval(&self) -> Duration {
+        (self.settings.evidence_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Rollbacks awaiting a decision are not claimed; those past their evidence lifetime are
+    /// handed back to the workers, which end them `failed` (see [`Self::drive_leased`]).
+    async fn release_expired_waiting(&self) -> Result<(), DriveError> {
+        let filter = RollbackFilter {
+            wid: None,
+            status: Some(RollbackStatus::AwaitingDecision),
+        };
+        let mut cursor: Option<String> = None;
+        let mut released = false;
+        loop {
+            let page = self
+                .store
+                .list_rollbacks(&filter, cursor.as_deref(), 1000)
+                .await?;
+            for rb in page.items.iter().filter(|rb| self.evidence_expired(rb)) {
+                let to_worker = self
+                    .store
+                    .transition_rollback(
+                        &rb.rollback_id,
+                        RollbackStatus::AwaitingDecision,
+                        RollbackStatus::Executing,
+                        serde_json::Map::new(),
+                    )
+                    .await?;
+                released |= to_worker.is_some();
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        if released {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// True once the rollback's evidence lifetime, counted from its request, has passed.
+    fn evidence_expired(&self, rb: &RollbackRecord) -> bool {
+        let age = chrono::Utc::now().signed_duration_since(rb.created_at);
+        age.to_std()
+            .is_ok_and(|age| age >= self.settings.evidence_ttl)
     }
 
     /// Moves one rollback as far as it can go under `lease`.
@@ -168,7 +227,13 @@ impl Coordinator {
             else {
                 return Err(StoreError::NoSuchRollback(lease.rollback_id.clone()).into());
             };
-            if rb.status.is_terminal() || rb.status == RollbackStatus::AwaitingDecision {
+            if rb.status.is_terminal() {
+                return Ok(());
+            }
+            if self.evidence_expired(&rb) {
+                return self.expire(lease, &mut rb, &mut steps).await;
+            }
+            if rb.status == RollbackStatus::AwaitingDecision {
                 return Ok(());
             }
             if rb.superseded_by.is_some() {
@@ -195,6 +260,31 @@ impl Coordinator {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Ends a rollback whose evidence lifetime passed: `failed`, with the steps it never
+    /// finished marked so that the operator sees why.
+    async fn expire(
+        &self,
+        lease: &Lease,
+        rb: &mut RollbackRecord,
+        steps: &mut [StepRecord],
+    ) -> Result<(), DriveError> {
+        tracing::warn!(rollback_id = %rb.rollback_id, "rollback passed its evidence lifetime; it ends failed");
+        let mut unfinished = Vec::new();
+        for step in steps
+            .iter_mut()
+            .filter(|s| s.execute_status == ExecuteStatus::Pending)
+        {
+            step.error = Some(step_error(
+                "rollback_expired",
+                "the rollback did not finish within rollback.evidence_ttl_s",
+            ));
+            unfinished.push(step.clone());
+        }
+        self.store.update_steps(lease, &unfinished).await?;
+        self.finish(lease, rb, steps, Some(RollbackStatus::Failed))
+            .await
     }
 
     /// True while a rollback this one supersedes is still running.
@@ -244,6 +334,7 @@ impl Coordinator {
             let Some((_, old_steps)) = self.store.get_rollback(&old.rollback_id).await? else {
                 continue;
             };
+            let mut reused = Vec::new();
             for done in old_steps.iter().filter(|s| s.execute_status.is_undone()) {
                 if let Some(step) = steps.iter_mut().find(|s| {
                     s.checkpoint_id == done.checkpoint_id
@@ -253,9 +344,10 @@ impl Coordinator {
                     step.execute_status = done.execute_status;
                     step.response = done.response.clone();
                     step.reused_from = Some(old.rollback_id.clone());
-                    self.store.update_step(lease, step).await?;
+                    reused.push(step.clone());
                 }
             }
+            self.store.update_steps(lease, &reused).await?;
         }
         Ok(())
     }
@@ -320,6 +412,7 @@ impl Coordinator {
         if take_decision(rb).as_deref() == Some("retry") {
             // Steps not yet undone (not prepared, skipped, or failed at execute) are asked
             // again; undone steps and prepared ones still waiting keep their results.
+            let mut reset = Vec::new();
             for step in steps
                 .iter_mut()
                 .filter(|s| s.reversible && !s.execute_status.is_undone())
@@ -330,17 +423,16 @@ impl Coordinator {
                     step.prepare_status = PrepareStatus::Pending;
                     step.execute_status = ExecuteStatus::Pending;
                     step.error = None;
-                    self.store.update_step(lease, step).await?;
+                    reset.push(step.clone());
                 }
             }
+            self.store.update_steps(lease, &reset).await?;
             rb.failed_agents.clear();
             self.save(lease, rb).await?;
         }
         let context = self.context_token(rb).await?;
-        let rollback_id = rb.rollback_id.clone();
-        let scope = rb.scope.as_str();
-        let step_deadline = self.settings.step_deadline;
         let mut pending = Vec::new();
+        let mut settled = Vec::new();
         for (i, step) in steps.iter_mut().enumerate() {
             if step.prepare_status != PrepareStatus::Pending
                 || step.execute_status != ExecuteStatus::Pending
@@ -350,60 +442,73 @@ impl Coordinator {
             if !step.reversible {
                 step.prepare_status = PrepareStatus::CannotPrepare;
                 step.execute_status = ExecuteStatus::Escalated;
-                step.error = Some(err(
+                step.error = Some(step_error(
                     "irreversible",
                     "the checkpoint is irreversible: a person must decide",
                 ));
-                self.store.update_step(lease, step).await?;
+                settled.push(step.clone());
             } else if step.expired {
                 step.prepare_status = PrepareStatus::CannotPrepare;
-                step.error = Some(err("checkpoint_expired", "the checkpoint's TTL has passed"));
-                self.store.update_step(lease, step).await?;
+                step.error = Some(step_error(
+                    "checkpoint_expired",
+                    "the checkpoint's TTL has passed",
+                ));
+                settled.push(step.clone());
             } else {
                 pending.push(i);
             }
         }
-        let mut calls = FuturesUnordered::new();
+        self.store.update_steps(lease, &settled).await?;
+
+        let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
+        let mut inflight = InFlight::new();
         let mut queue = pending.into_iter();
         loop {
-            while calls.len() < self.settings.max_concurrency.max(1) {
+            while inflight.len() < self.settings.max_concurrency.max(1) {
                 let Some(i) = queue.next() else { break };
                 let step = steps[i].clone();
-                let (context, rollback_id) = (context.as_str(), rollback_id.as_str());
-                calls.push(async move {
-                    // Each step's deadline starts with its first call.
-                    let deadline = tokio::time::Instant::now() + step_deadline;
-                    let attempts = AtomicU32::new(0);
-                    let call = step_call(&step, rollback_id, scope, context);
-                    let answer = self
-                        .agents
-                        .prepare(&call, deadline, |_| {
-                            attempts.fetch_add(1, Ordering::Relaxed);
-                        })
-                        .await;
-                    (i, answer, attempts.load(Ordering::Relaxed))
+                let reporter = inflight.reporter(i, step.attempts);
+                let (rollback_id, context) = (rollback_id.as_str(), context.as_str());
+                inflight.push(async move {
+                    let call = self.call_step(&step, rollback_id, scope, context);
+                    let (answer, count) = self.prepare_with(call, reporter).await;
+                    Done {
+                        index: i,
+                        answer,
+                        attempts: step.attempts.saturating_add(count),
+                    }
                 });
             }
-            let Some((i, answer, attempts)) = calls.next().await else {
+            let Some(batch) = inflight.next_batch().await else {
                 break;
             };
-            let step = &mut steps[i];
-            step.attempts = step.attempts.saturating_add(attempts);
-            match answer {
-                Final::Answer(PrepareAnswer::Prepared) => {
-                    step.prepare_status = PrepareStatus::Prepared;
-                    step.error = None;
+            let mut changed = apply_retrying(steps, batch.retrying);
+            for Done {
+                index,
+                answer,
+                attempts,
+            } in batch.done
+            {
+                let step = &mut steps[index];
+                step.attempts = attempts;
+                step.next_attempt_at = None;
+                match answer {
+                    Final::Answer(PrepareAnswer::Prepared) => {
+                        step.prepare_status = PrepareStatus::Prepared;
+                        step.error = None;
+                    }
+                    Final::Answer(PrepareAnswer::CannotPrepare { reason, .. }) => {
+                        step.prepare_status = PrepareStatus::CannotPrepare;
+                        step.error = Some(step_error("cannot_prepare", &reason));
+                    }
+                    Final::Failed(e) | Final::DeadlinePassed(e) => {
+                        step.prepare_status = PrepareStatus::Unreachable;
+                        step.error = Some(step_error(e.code, &e.detail));
+                    }
                 }
-                Final::Answer(PrepareAnswer::CannotPrepare { reason, .. }) => {
-                    step.prepare_status = PrepareStatus::CannotPrepare;
-                    step.error = Some(err("cannot_prepare", &reason));
-                }
-                Final::Failed(e) | Final::DeadlinePassed(e) => {
-                    step.prepare_status = PrepareStatus::Unreachable;
-                    step.error = Some(err(e.code, &e.detail));
-                }
+                changed.insert(index);
             }
-            self.store.update_step(lease, step).await?;
+            self.write_steps(lease, steps, &changed).await?;
         }
 
         let blocked: Vec<&StepRecord> = steps
@@ -446,6 +551,7 @@ impl Coordinator {
         lease: &Lease,
         steps: &mut [StepRecord],
     ) -> Result<(), DriveError> {
+        let mut skipped = Vec::new();
         for step in steps.iter_mut() {
             if step.execute_status == ExecuteStatus::Pending
                 && matches!(
@@ -454,9 +560,10 @@ impl Coordinator {
                 )
             {
                 step.execute_status = ExecuteStatus::Skipped;
-                self.store.update_step(lease, step).await?;
+                skipped.push(step.clone());
             }
         }
+        self.store.update_steps(lease, &skipped).await?;
         Ok(())
     }
 
@@ -480,16 +587,9 @@ impl Coordinator {
             _ => {}
         }
         let context = self.context_token(rb).await?;
-        let rollback_id = rb.rollback_id.clone();
-        let scope = rb.scope.as_str();
-        let step_deadline = self.settings.step_deadline;
-        let index: HashMap<String, usize> = steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.checkpoint_id.clone(), i))
-            .collect();
-        let mut running: BTreeSet<usize> = BTreeSet::new();
-        let mut calls = FuturesUnordered::new();
+        let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
+        let mut order = ExecuteOrder::new(steps);
+        let mut inflight = InFlight::new();
         let mut critical_failed = false;
         let mut superseded = false;
         let mut last_check: Option<std::time::Instant> = None;
@@ -503,84 +603,76 @@ impl Coordinator {
                     superseded = fresh.superseded_by.is_some();
                 }
             }
-            if !superseded && !critical_failed {
-                let ready: Vec<usize> = (0..steps.len())
-                    .filter(|&i| !running.contains(&i))
-                    .filter(|&i| {
-                        steps[i].execute_status == ExecuteStatus::Pending
-                            && steps[i].prepare_status == PrepareStatus::Prepared
-                    })
-                    .filter(|&i| {
-                        steps[i].waits_for.iter().all(|w| {
-                            index
-                                .get(w)
-                                .is_none_or(|&j| steps[j].execute_status.is_final())
-                        })
-                    })
-                    .collect();
-                for i in ready {
-                    if calls.len() >= self.settings.max_concurrency.max(1) {
-                        break;
+            while !superseded
+                && !critical_failed
+                && inflight.len() < self.settings.max_concurrency.max(1)
+            {
+                let Some(i) = order.next_ready() else { break };
+                let step = steps[i].clone();
+                let reporter = inflight.reporter(i, step.attempts);
+                let (rollback_id, context) = (rollback_id.as_str(), context.as_str());
+                inflight.push(async move {
+                    let call = self.call_step(&step, rollback_id, scope, context);
+                    let started = std::time::Instant::now();
+                    let (answer, count) = self.execute_with(call, reporter).await;
+                    metrics::histogram!("unwind_rollback_step_seconds").record(started.elapsed());
+                    Done {
+                        index: i,
+                        answer,
+                        attempts: step.attempts.saturating_add(count),
                     }
-                    running.insert(i);
-                    let step = steps[i].clone();
-                    let (context, rollback_id) = (context.as_str(), rollback_id.as_str());
-                    calls.push(async move {
-                        // Each step's deadline starts with its first call.
-                        let deadline = tokio::time::Instant::now() + step_deadline;
-                        let attempts = AtomicU32::new(0);
-                        let call = step_call(&step, rollback_id, scope, context);
-                        let started = std::time::Instant::now();
-                        let answer = self
-                            .agents
-                            .execute(&call, deadline, |_| {
-                                attempts.fetch_add(1, Ordering::Relaxed);
-                            })
-                            .await;
-                        metrics::histogram!("unwind_rollback_step_seconds")
-                            .record(started.elapsed());
-                        (i, answer, attempts.load(Ordering::Relaxed))
-                    });
-                }
+                });
             }
-            let Some((i, answer, attempts)) = calls.next().await else {
+            let Some(batch) = inflight.next_batch().await else {
                 break;
             };
-            running.remove(&i);
-            let step = &mut steps[i];
-            step.attempts = step.attempts.saturating_add(attempts);
-            match answer {
-                Final::Answer(a) => {
-                    step.execute_status = match a.status {
-                        ExecuteResult::Completed => ExecuteStatus::Completed,
-                        ExecuteResult::Compensated => ExecuteStatus::Compensated,
-                        ExecuteResult::Failed => ExecuteStatus::Failed,
-                        ExecuteResult::Escalated => ExecuteStatus::Escalated,
-                    };
-                    step.error = match step.execute_status {
-                        ExecuteStatus::Failed => Some(err(
-                            "agent_failed",
-                            "the agent could not undo the checkpoint",
-                        )),
-                        ExecuteStatus::Escalated => {
-                            Some(err("agent_escalated", "the agent asks a person to decide"))
+            let mut changed = apply_retrying(steps, batch.retrying);
+            for Done {
+                index,
+                answer,
+                attempts,
+            } in batch.done
+            {
+                let step = &mut steps[index];
+                step.attempts = attempts;
+                step.next_attempt_at = None;
+                match answer {
+                    Final::Answer(a) => {
+                        step.execute_status = match a.status {
+                            ExecuteResult::Completed => ExecuteStatus::Completed,
+                            ExecuteResult::Compensated => ExecuteStatus::Compensated,
+                            ExecuteResult::Failed => ExecuteStatus::Failed,
+                            ExecuteResult::Escalated => ExecuteStatus::Escalated,
+                        };
+                        step.error = match step.execute_status {
+                            ExecuteStatus::Failed => Some(step_error(
+                                "agent_failed",
+                                "the agent could not undo the checkpoint",
+                            )),
+                            ExecuteStatus::Escalated => Some(step_error(
+                                "agent_escalated",
+                                "the agent asks a person to decide",
+                            )),
+                            _ => None,
+                        };
+                        if let Some(token) = &a.ect {
+                            self.record_agent_ect(&step.agent, token).await;
                         }
-                        _ => None,
-                    };
-                    if let Some(token) = &a.ect {
-                        self.record_agent_ect(&step.agent, token).await;
+                        step.response = Some(a.raw.clone());
                     }
-                    step.response = Some(a.raw.clone());
+                    Final::Failed(e) | Final::DeadlinePassed(e) => {
+                        step.execute_status = ExecuteStatus::Failed;
+                        step.error = Some(step_error(e.code, &e.detail));
+                    }
                 }
-                Final::Failed(e) | Final::DeadlinePassed(e) => {
-                    step.execute_status = ExecuteStatus::Failed;
-                    step.error = Some(err(e.code, &e.detail));
+                if step.critical && !step.execute_status.is_undone() {
+                    critical_failed = true;
                 }
+                changed.insert(index);
+                order.finished(index, steps);
             }
-            self.store.update_step(lease, step).await?;
-            if step.critical && !step.execute_status.is_undone() {
-                critical_failed = true;
-            }
+            // Written before any step that waited for these is called.
+            self.write_steps(lease, steps, &changed).await?;
         }
         if superseded {
             return self
@@ -593,6 +685,75 @@ impl Coordinator {
             return Ok(());
         }
         self.finish(lease, rb, steps, None).await
+    }
+
+    /// One step's agent call for this rollback.
+    fn call_step<'a>(
+        &self,
+        step: &'a StepRecord,
+        rollback_id: &'a str,
+        scope: &'a str,
+        context: &'a str,
+    ) -> (StepCall<'a>, tokio::time::Instant) {
+        let call = StepCall {
+            agent: &step.agent,
+            rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
+            rollback_id,
+            checkpoint_id: &step.checkpoint_id,
+            scope,
+            context,
+        };
+        // Each step's deadline starts with its first call.
+        (
+            call,
+            tokio::time::Instant::now() + self.settings.step_deadline,
+        )
+    }
+
+    /// Prepares until a final answer; also returns the number of calls made.
+    async fn prepare_with(
+        &self,
+        (call, deadline): (StepCall<'_>, tokio::time::Instant),
+        reporter: Reporter,
+    ) -> (Final<PrepareAnswer>, u32) {
+        let mut count = 0;
+        let answer = self
+            .agents
+            .prepare(&call, deadline, |r| {
+                count = r.attempt;
+                reporter.report(r);
+            })
+            .await;
+        (answer, count)
+    }
+
+    /// Executes until a final answer; also returns the number of calls made.
+    async fn execute_with(
+        &self,
+        (call, deadline): (StepCall<'_>, tokio::time::Instant),
+        reporter: Reporter,
+    ) -> (Final<ExecuteAnswer>, u32) {
+        let mut count = 0;
+        let answer = self
+            .agents
+            .execute(&call, deadline, |r| {
+                count = r.attempt;
+                reporter.report(r);
+            })
+            .await;
+        (answer, count)
+    }
+
+    /// Writes the steps at `changed` in one transaction.
+    async fn write_steps(
+        &self,
+        lease: &Lease,
+        steps: &[StepRecord],
+        changed: &BTreeSet<usize>,
+    ) -> Result<(), DriveError> {
+        let batch: Vec<StepRecord> = changed.iter().map(|&i| steps[i].clone()).collect();
+        self.store.update_steps(lease, &batch).await?;
+        Ok(())
     }
 
     /// Records an agent's own `rollback_complete` / `compensate` ECT when it is the step's
@@ -687,27 +848,83 @@ impl Coordinator {
     }
 }
 
-/// The agent call for one step of this rollback.
-fn step_call<'a>(
-    step: &'a StepRecord,
-    rollback_id: &'a str,
-    scope: &'a str,
-    context: &'a str,
-) -> StepCall<'a> {
-    StepCall {
-        agent: &step.agent,
-        rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
-        rollback_id,
-        checkpoint_id: &step.checkpoint_id,
-        scope,
-        context,
-    }
-}
-
-fn err(code: &str, detail: &str) -> StepError {
+/// A step's error as stored (details are cut at 500 characters).
+pub(super) fn step_error(code: &str, detail: &str) -> StepError {
     StepError {
         code: code.to_string(),
         detail: detail.chars().take(500).collect(),
+    }
+}
+
+/// Retry reports applied to the steps; the indices of the steps they changed.
+fn apply_retrying(steps: &mut [StepRecord], reports: Vec<Retrying>) -> BTreeSet<usize> {
+    let mut changed = BTreeSet::new();
+    for r in reports {
+        let step = &mut steps[r.index];
+        step.attempts = r.attempts;
+        step.error = Some(r.error);
+        step.next_attempt_at = Some(r.next_attempt_at);
+        changed.insert(r.index);
+    }
+    changed
+}
+
+/// Which prepared steps may execute now: those whose every downstream step in the plan is
+/// final. Counts what each step still waits for, so a finished step costs its dependents only.
+struct ExecuteOrder {
+    /// Steps a step still waits for, by index.
+    blockers: Vec<usize>,
+    /// The steps that wait for each step.
+    dependents: Vec<Vec<usize>>,
+    ready: std::collections::VecDeque<usize>,
+}
+
+impl ExecuteOrder {
+    fn new(steps: &[StepRecord]) -> Self {
+        let index: HashMap<&str, usize> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.checkpoint_id.as_str(), i))
+            .collect();
+        let mut blockers = vec![0; steps.len()];
+        let mut dependents = vec![Vec::new(); steps.len()];
+        for (i, step) in steps.iter().enumerate() {
+            for w in &step.waits_for {
+                if let Some(&j) = index.get(w.as_str())
+                    && !steps[j].execute_status.is_final()
+                {
+                    blockers[i] += 1;
+                    dependents[j].push(i);
+                }
+            }
+        }
+        let ready = (0..steps.len())
+            .filter(|&i| blockers[i] == 0 && Self::runnable(&steps[i]))
+            .collect();
+        Self {
+            blockers,
+            dependents,
+            ready,
+        }
+    }
+
+    fn runnable(step: &StepRecord) -> bool {
+        step.execute_status == ExecuteStatus::Pending
+            && step.prepare_status == PrepareStatus::Prepared
+    }
+
+    fn next_ready(&mut self) -> Option<usize> {
+        self.ready.pop_front()
+    }
+
+    /// Step `i` is final: the steps that waited only for it become ready.
+    fn finished(&mut self, i: usize, steps: &[StepRecord]) {
+        for &d in &self.dependents[i] {
+            self.blockers[d] = self.blockers[d].saturating_sub(1);
+            if self.blockers[d] == 0 && Self::runnable(&steps[d]) {
+                self.ready.push_back(d);
+            }
+        }
     }
 }
 

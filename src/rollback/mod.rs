@@ -7,6 +7,7 @@
 pub mod conflict;
 pub mod driver;
 pub mod evidence;
+mod inflight;
 pub mod model;
 pub mod planner;
 pub mod request;

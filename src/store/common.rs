@@ -745,6 +745,32 @@ pub(crate) fn merge_result(
 }
 
 /// A writer under a lease must write for the rollback the lease is on.
+/// The steps of one [`Store::update_steps`](super::Store::update_steps) call, encoded, after
+/// checking that each belongs to the leased rollback; `None` when there is nothing to write.
+pub(crate) fn encode_steps<'a>(
+    lease: &Lease,
+    steps: &'a [StepRecord],
+) -> Result<Option<Vec<EncodedStep<'a>>>, StoreError> {
+    if steps.is_empty() {
+        return Ok(None);
+    }
+    steps
+        .iter()
+        .map(|step| {
+            check_lease_target(lease, &step.rollback_id)?;
+            encode_step(step)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+pub(crate) fn no_such_step(lease: &Lease, step: &EncodedStep<'_>) -> StoreError {
+    StoreError::NoSuchStep {
+        rollback_id: lease.rollback_id.clone(),
+        checkpoint_id: step.step.checkpoint_id.clone(),
+    }
+}
+
 pub(crate) fn check_lease_target(lease: &Lease, rollback_id: &str) -> Result<(), StoreError> {
     if lease.rollback_id == rollback_id {
         Ok(())

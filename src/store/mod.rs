@@ -310,10 +310,20 @@ pub trait Store: Send + Sync + 'static {
         record: &RollbackRecord,
     ) -> Result<RollbackRecord, StoreError>;
 
-    /// Writes one step's changing fields (statuses, attempts, next_attempt_at, error, response,
-    /// reused_from) under a held lease; bumps the rollback's `version`. Fenced like
-    /// [`Store::update_rollback`]; a checkpoint without a step is [`StoreError::NoSuchStep`].
-    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError>;
+    /// Writes steps' changing fields (statuses, attempts, next_attempt_at, error, response,
+    /// reused_from) under a held lease, all in one transaction; bumps the rollback's `version`
+    /// once. Fenced like [`Store::update_rollback`]; a checkpoint without a step is
+    /// [`StoreError::NoSuchStep`] and writes none of them. Every step must belong to the
+    /// leased rollback. An empty slice writes nothing (and checks nothing).
+    ///
+    /// One transaction for the results that arrived together is what keeps the coordinator's
+    /// cost per step low: a wide rank finishes with a handful of commits, not one per step.
+    async fn update_steps(&self, lease: &Lease, steps: &[StepRecord]) -> Result<(), StoreError>;
+
+    /// [`Store::update_steps`] for one step.
+    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError> {
+        self.update_steps(lease, std::slice::from_ref(step)).await
+    }
 
     /// A change made without a lease (an operator's decision): only if the rollback's status is
     /// still `expected`; sets `status` and merges `result` members; bumps `version`. `None` when

@@ -581,11 +581,12 @@ impl Store for PgStore {
         }
     }
 
-    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError> {
-        common::check_lease_target(lease, &step.rollback_id)?;
-        let encoded = common::encode_step(step)?;
-        retrying("update_step", || {
-            Self::update_step_once(&self.pool, lease, &encoded)
+    async fn update_steps(&self, lease: &Lease, steps: &[StepRecord]) -> Result<(), StoreError> {
+        let Some(encoded) = common::encode_steps(lease, steps)? else {
+            return Ok(());
+        };
+        retrying("update_steps", || {
+            Self::update_steps_once(&self.pool, lease, &encoded)
         })
         .await
     }
@@ -834,10 +835,10 @@ impl PgStore {
         Ok(Some(CreateOutcome::Created(inserted.into_record()?)))
     }
 
-    async fn update_step_once(
+    async fn update_steps_once(
         pool: &PgPool,
         lease: &Lease,
-        step: &common::EncodedStep<'_>,
+        steps: &[common::EncodedStep<'_>],
     ) -> Result<(), StoreError> {
         let mut tx = pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -856,30 +857,29 @@ impl PgStore {
             tx.rollback().await?;
             return Err(StoreError::LeaseLost(lease.rollback_id.clone()));
         }
-        let updated = sqlx::query(
-            "UPDATE rollback_steps SET prepare_status = $3, execute_status = $4, attempts = $5, \
-             next_attempt_at = $6, error_code = $7, error_detail = $8, response = $9::jsonb, \
-             reused_from = $10, updated_at = now() \
-             WHERE rollback_id = $1 AND checkpoint_id = $2",
-        )
-        .bind(&lease.rollback_id)
-        .bind(&step.step.checkpoint_id)
-        .bind(&step.prepare_status)
-        .bind(&step.execute_status)
-        .bind(step.attempts)
-        .bind(step.step.next_attempt_at)
-        .bind(step.error_code)
-        .bind(step.error_detail)
-        .bind(&step.response)
-        .bind(&step.step.reused_from)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Err(StoreError::NoSuchStep {
-                rollback_id: lease.rollback_id.clone(),
-                checkpoint_id: step.step.checkpoint_id.clone(),
-            });
+        for step in steps {
+            let updated = sqlx::query(
+                "UPDATE rollback_steps SET prepare_status = $3, execute_status = $4, \
+                 attempts = $5, next_attempt_at = $6, error_code = $7, error_detail = $8, \
+                 response = $9::jsonb, reused_from = $10, updated_at = now() \
+                 WHERE rollback_id = $1 AND checkpoint_id = $2",
+            )
+            .bind(&lease.rollback_id)
+            .bind(&step.step.checkpoint_id)
+            .bind(&step.prepare_status)
+            .bind(&step.execute_status)
+            .bind(step.attempts)
+            .bind(step.step.next_attempt_at)
+            .bind(step.error_code)
+            .bind(step.error_detail)
+            .bind(&step.response)
+            .bind(&step.step.reused_from)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Err(common::no_such_step(lease, step));
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -535,11 +535,12 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn update_step(&self, lease: &Lease, step: &StepRecord) -> Result<(), StoreError> {
-        common::check_lease_target(lease, &step.rollback_id)?;
-        let encoded = common::encode_step(step)?;
+    async fn update_steps(&self, lease: &Lease, steps: &[StepRecord]) -> Result<(), StoreError> {
+        let Some(encoded) = common::encode_steps(lease, steps)? else {
+            return Ok(());
+        };
         let mut tx = self.begin_write().await?;
-        let result = Self::update_step_in(&mut tx, lease, &encoded).await;
+        let result = Self::update_steps_in(&mut tx, lease, &encoded).await;
         finish(tx, result).await
     }
 
@@ -727,10 +728,10 @@ impl SqliteStore {
         Ok(CreateOutcome::Created(inserted.into_record()?))
     }
 
-    async fn update_step_in(
+    async fn update_steps_in(
         tx: &mut sqlx::SqliteConnection,
         lease: &Lease,
-        step: &common::EncodedStep<'_>,
+        steps: &[common::EncodedStep<'_>],
     ) -> Result<(), StoreError> {
         let now = common::now();
         let fenced = sqlx::query(
@@ -746,30 +747,29 @@ impl SqliteStore {
         if fenced.rows_affected() == 0 {
             return Err(StoreError::LeaseLost(lease.rollback_id.clone()));
         }
-        let updated = sqlx::query(
-            "UPDATE rollback_steps SET prepare_status = ?, execute_status = ?, attempts = ?, \
-             next_attempt_at = ?, error_code = ?, error_detail = ?, response = ?, \
-             reused_from = ?, updated_at = ? \
-             WHERE rollback_id = ? AND checkpoint_id = ?",
-        )
-        .bind(&step.prepare_status)
-        .bind(&step.execute_status)
-        .bind(step.attempts)
-        .bind(step.step.next_attempt_at)
-        .bind(step.error_code)
-        .bind(step.error_detail)
-        .bind(&step.response)
-        .bind(&step.step.reused_from)
-        .bind(now)
-        .bind(&lease.rollback_id)
-        .bind(&step.step.checkpoint_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NoSuchStep {
-                rollback_id: lease.rollback_id.clone(),
-                checkpoint_id: step.step.checkpoint_id.clone(),
-            });
+        for step in steps {
+            let updated = sqlx::query(
+                "UPDATE rollback_steps SET prepare_status = ?, execute_status = ?, attempts = ?, \
+                 next_attempt_at = ?, error_code = ?, error_detail = ?, response = ?, \
+                 reused_from = ?, updated_at = ? \
+                 WHERE rollback_id = ? AND checkpoint_id = ?",
+            )
+            .bind(&step.prepare_status)
+            .bind(&step.execute_status)
+            .bind(step.attempts)
+            .bind(step.step.next_attempt_at)
+            .bind(step.error_code)
+            .bind(step.error_detail)
+            .bind(&step.response)
+            .bind(&step.step.reused_from)
+            .bind(now)
+            .bind(&lease.rollback_id)
+            .bind(&step.step.checkpoint_id)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(common::no_such_step(lease, step));
+            }
         }
         Ok(())
     }
