@@ -106,7 +106,8 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         &config.coordinator_id,
         config.ect.profile,
         config.rollback.evidence_ttl_s,
-    );
+    )
+    .with_token_limit(config.ect.max_token_bytes);
     let coordinator = Coordinator::new(
         store.clone(),
         ledger.clone(),

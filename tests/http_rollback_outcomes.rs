@@ -864,3 +864,71 @@ async fn a_rollback_past_its_evidence_lifetime_ends_failed() {
         assert_eq!(decide(&s, &id, "retry").await.status(), 409, "{}", s.name);
     }
 }
+
+/// More agents than one `rollback_start` can name within the token limit: each agent gets its
+/// own context, recorded in the ledger, and verifies it.
+#[tokio::test]
+async fn agents_beyond_one_audience_get_their_own_verified_context() {
+    let narrow = |c: &mut unwind::config::Config| {
+        short(c);
+        c.ect.max_token_bytes = 1500;
+    };
+    for s in servers_with(narrow).await {
+        let log: Log = Arc::default();
+        let long = |i: usize| format!("agent-{i}-{}", "x".repeat(100));
+        let mut agents = Vec::new();
+        for i in 0..5 {
+            agents.push(start_agent(&s, &long(i), "", 0, &log).await);
+        }
+        let wid = wid();
+        let (root, t_root) = agents[0].checkpoint(&wid, &[]).await;
+        let (act, t_act) = agents[0].action(&wid, "fan_out", std::slice::from_ref(&root));
+        let mut tokens = vec![t_root, t_act];
+        for a in &agents[1..] {
+            tokens.push(a.checkpoint(&wid, std::slice::from_ref(&act)).await.1);
+        }
+        s.ingest_ok(&tokens).await;
+
+        let id = accepted(&s, json!({"checkpoint_id": root, "scope": "sub_dag"})).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        assert_eq!(done["steps"].as_array().unwrap().len(), 5, "{done}");
+        for a in &agents {
+            assert_eq!(
+                a.calls(),
+                (1, 1),
+                "{}: each agent prepared and executed once",
+                s.name
+            );
+        }
+
+        let start_jti = done["evidence"]["rollback_start"].as_str().unwrap();
+        let (_, start) = s.get_json(&format!("/v1/ects/{start_jti}")).await;
+        assert_eq!(start["claims"]["aud"], json!([s.coordinator_id]), "{start}");
+        assert_eq!(start["ext"]["cascade.audience"], "per_agent", "{start}");
+        assert_eq!(start["ext"]["cascade.agents"], 5, "{start}");
+        let (_, starts) = s
+            .get_json(&format!("/v1/ects?wid={wid}&exec_act=rollback_start"))
+            .await;
+        let contexts: Vec<&Value> = starts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["jti"] != start_jti)
+            .collect();
+        assert_eq!(
+            contexts.len(),
+            5,
+            "{}: one context per agent: {starts}",
+            s.name
+        );
+        for c in contexts {
+            assert_eq!(c["par"], json!([start_jti]), "{c}");
+            assert_eq!(c["ext"]["cascade.context_of"], json!(start_jti), "{c}");
+            let aud = c["claims"]["aud"].as_array().unwrap();
+            assert_eq!(aud.len(), 2, "{c}");
+            assert_eq!(aud[0], json!(s.coordinator_id), "{c}");
+            assert!(c["token"].as_str().unwrap().len() <= 1500, "{c}");
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::evidence::EvidenceSigner;
+use super::evidence::{EvidenceSigner, agent_context_jti};
 use super::inflight::{Done, InFlight, Reporter, Retrying};
 use super::model::{
     ExecuteStatus, Lease, PrepareStatus, RollbackFilter, RollbackRecord, RollbackStatus, StepError,
@@ -370,37 +370,86 @@ impl Coordinator {
                 ev.token
             }
         };
-        self.record_evidence(&token).await?;
+        self.record_evidence(std::slice::from_ref(&token)).await?;
         set_result(rb, PENDING_START, Value::Null);
         self.save(lease, rb).await?;
         Ok(())
     }
 
-    async fn record_evidence(&self, token: &str) -> Result<(), DriveError> {
+    /// Records the coordinator's own tokens; every one must be accepted (or already there).
+    async fn record_evidence(&self, tokens: &[String]) -> Result<(), DriveError> {
         let results = self
             .ledger
-            .ingest(&[token.to_string()])
+            .ingest(tokens)
             .await
             .map_err(|e| DriveError::Evidence(e.to_string()))?;
-        match results.first().map(|r| &r.outcome) {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(rejection)) => Err(DriveError::Evidence(format!(
+        if results.len() != tokens.len() {
+            return Err(DriveError::Evidence("no ingest result".into()));
+        }
+        match results.iter().find_map(|r| r.outcome.as_ref().err()) {
+            None => Ok(()),
+            Some(rejection) => Err(DriveError::Evidence(format!(
                 "the ledger refused it: {rejection}"
             ))),
-            None => Err(DriveError::Evidence("no ingest result".into())),
         }
     }
 
-    /// The coordinator's `rollback_start` token, sent as every call's `Execution-Context`.
-    async fn context_token(&self, rb: &RollbackRecord) -> Result<String, DriveError> {
+    /// The `Execution-Context` of each agent's calls: the rollback's `rollback_start`, or,
+    /// when its `aud` could not name every agent, each agent's own context (signed and
+    /// recorded once; found in the ledger by its derived `jti` after a restart).
+    async fn contexts(
+        &self,
+        rb: &RollbackRecord,
+        steps: &[StepRecord],
+    ) -> Result<Contexts, DriveError> {
         let jti = rb
             .evidence_start
             .as_deref()
             .ok_or_else(|| DriveError::Evidence("rollback_start missing".into()))?;
-        let record = self.store.get_ect(jti).await?.ok_or_else(|| {
+        let start = self.store.get_ect(jti).await?.ok_or_else(|| {
             DriveError::Evidence(format!("rollback_start {jti} is not in the ledger"))
         })?;
-        Ok(record.token)
+        let named: BTreeSet<&str> = start
+            .claims
+            .get("aud")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let missing: BTreeSet<&str> = steps
+            .iter()
+            .map(|s| s.agent.as_str())
+            .filter(|a| !named.contains(a))
+            .collect();
+        let mut per_agent = HashMap::new();
+        let mut unsigned = Vec::new();
+        for agent in &missing {
+            let context_jti = agent_context_jti(jti, agent);
+            match self.store.get_ect(&context_jti).await? {
+                Some(record) => {
+                    per_agent.insert(agent.to_string(), record.token);
+                }
+                None => unsigned.push(*agent),
+            }
+        }
+        let now = chrono::Utc::now().timestamp();
+        for chunk in unsigned.chunks(1000) {
+            let mut tokens = Vec::with_capacity(chunk.len());
+            for agent in chunk {
+                let ev = self
+                    .evidence
+                    .agent_context(rb, jti, agent, now)
+                    .map_err(|e| DriveError::Evidence(e.to_string()))?;
+                tokens.push(ev.token.clone());
+                per_agent.insert(agent.to_string(), ev.token);
+            }
+            self.record_evidence(&tokens).await?;
+        }
+        Ok(Contexts {
+            shared: start.token,
+            per_agent,
+        })
     }
 
     async fn prepare_phase(
@@ -430,7 +479,7 @@ impl Coordinator {
             rb.failed_agents.clear();
             self.save(lease, rb).await?;
         }
-        let context = self.context_token(rb).await?;
+        let contexts = self.contexts(rb, steps).await?;
         let mut pending = Vec::new();
         let mut settled = Vec::new();
         for (i, step) in steps.iter_mut().enumerate() {
@@ -468,7 +517,8 @@ impl Coordinator {
                 let Some(i) = queue.next() else { break };
                 let step = steps[i].clone();
                 let reporter = inflight.reporter(i, step.attempts);
-                let (rollback_id, context) = (rollback_id.as_str(), context.as_str());
+                let (rollback_id, context) =
+                    (rollback_id.as_str(), contexts.for_agent(&step.agent));
                 inflight.push(async move {
                     let call = self.call_step(&step, rollback_id, scope, context);
                     let (answer, count) = self.prepare_with(call, reporter).await;
@@ -586,7 +636,7 @@ impl Coordinator {
             }
             _ => {}
         }
-        let context = self.context_token(rb).await?;
+        let contexts = self.contexts(rb, steps).await?;
         let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
         let mut order = ExecuteOrder::new(steps);
         let mut inflight = InFlight::new();
@@ -610,7 +660,8 @@ impl Coordinator {
                 let Some(i) = order.next_ready() else { break };
                 let step = steps[i].clone();
                 let reporter = inflight.reporter(i, step.attempts);
-                let (rollback_id, context) = (rollback_id.as_str(), context.as_str());
+                let (rollback_id, context) =
+                    (rollback_id.as_str(), contexts.for_agent(&step.agent));
                 inflight.push(async move {
                     let call = self.call_step(&step, rollback_id, scope, context);
                     let started = std::time::Instant::now();
@@ -827,7 +878,7 @@ impl Coordinator {
                 ev.token
             }
         };
-        self.record_evidence(&token).await?;
+        self.record_evidence(std::slice::from_ref(&token)).await?;
         set_result(rb, PENDING_COMPLETE, Value::Null);
         // The status signed in the evidence wins over a recomputation after a restart.
         rb.status = rb
@@ -845,6 +896,20 @@ impl Coordinator {
     async fn save(&self, lease: &Lease, rb: &mut RollbackRecord) -> Result<(), DriveError> {
         *rb = self.store.update_rollback(lease, rb).await?;
         Ok(())
+    }
+}
+
+/// Each agent's `Execution-Context` for one rollback.
+struct Contexts {
+    /// The rollback's `rollback_start`, for every agent its `aud` names.
+    shared: String,
+    /// Agents' own contexts, when the shared one could not name them all.
+    per_agent: HashMap<String, String>,
+}
+
+impl Contexts {
+    fn for_agent(&self, agent: &str) -> &str {
+        self.per_agent.get(agent).unwrap_or(&self.shared)
     }
 }
 

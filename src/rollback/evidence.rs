@@ -20,16 +20,16 @@ pub struct Evidence {
 /// Room for `ext` under the profile's 4,096-byte limit, with margin for `cascade.omitted`.
 const EXT_BUDGET: usize = 3_900;
 
-/// Sets `ext[key]` to as many leading `items` as keep `ext` within [`EXT_BUDGET`]; returns how
-/// many that is.
-fn fill(ext: &mut Map<String, Value>, key: &str, items: &[Value]) -> usize {
+/// Sets `ext[key]` to as many leading `items` as keep `ext` within `budget` bytes (at most
+/// [`EXT_BUDGET`]); returns how many that is.
+fn fill(ext: &mut Map<String, Value>, key: &str, items: &[Value], budget: usize) -> usize {
     let size = |ext: &Map<String, Value>| Value::Object(ext.clone()).to_string().len();
     ext.insert(key.into(), Value::Array(Vec::new()));
     let mut used = size(ext);
     let mut kept = Vec::new();
     for item in items {
         let extra = item.to_string().len() + 1;
-        if used + extra > EXT_BUDGET {
+        if used + extra > budget {
             break;
         }
         used += extra;
@@ -99,7 +99,17 @@ pub struct EvidenceSigner {
     coordinator_id: String,
     profile: Profile,
     ttl_s: i64,
+    /// Largest token the ledger and the agents accept (the `Execution-Context` limit).
+    max_token_bytes: usize,
 }
+
+/// The `Execution-Context` limit of api.md: no token Unwind sends may be larger.
+pub const CONTEXT_LIMIT: usize = 16 * 1024;
+
+/// `ext["cascade.audience"]` of a `rollback_start` whose `aud` could not name every agent
+/// within the token limit: each agent is sent its own context instead
+/// ([`EvidenceSigner::agent_context`]).
+pub const AUDIENCE_PER_AGENT: &str = "per_agent";
 
 impl EvidenceSigner {
     pub fn new(key: Arc<SigningKey>, coordinator_id: &str, profile: Profile, ttl_s: u64) -> Self {
@@ -108,24 +118,93 @@ impl EvidenceSigner {
             coordinator_id: coordinator_id.to_string(),
             profile,
             ttl_s: i64::try_from(ttl_s).unwrap_or(i64::MAX),
+            max_token_bytes: CONTEXT_LIMIT,
         }
+    }
+
+    /// Tokens are kept within `bytes` (and never above [`CONTEXT_LIMIT`]).
+    pub fn with_token_limit(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes.min(CONTEXT_LIMIT);
+        self
     }
 
     /// `rollback_start`: `par` is the trigger (or the checkpoint), `aud` the coordinator and
     /// every agent with a step, `exp` the evidence lifetime (a rollback still running then is
     /// failed).
+    ///
+    /// When so many agents take part that `aud` would push the token over the limit, `aud` is
+    /// the coordinator alone, `ext["cascade.audience"]` is [`AUDIENCE_PER_AGENT`] with the
+    /// number of agents in `ext["cascade.agents"]`, and every agent's calls carry its own
+    /// [`agent_context`](Self::agent_context) instead.
     pub fn rollback_start(
         &self,
         rollback: &RollbackRecord,
         now: i64,
     ) -> Result<Evidence, KeyError> {
         let mut aud = vec![self.coordinator_id.clone()];
-        aud.extend(rollback.plan.agents());
+        let agents = rollback.plan.agents();
+        aud.extend(agents.iter().cloned());
         aud.dedup();
         let parent = rollback
             .trigger_ect
             .clone()
             .unwrap_or_else(|| rollback.checkpoint_id.clone());
+        let ext = Self::rollback_ext(rollback);
+        let all = self.sign(
+            "rollback_start",
+            &rollback.wid,
+            aud,
+            vec![parent.clone()],
+            ext.clone(),
+            now,
+            None,
+        )?;
+        if all.token.len() <= self.max_token_bytes {
+            return Ok(all);
+        }
+        let mut ext = ext;
+        ext.insert("cascade.audience".into(), json!(AUDIENCE_PER_AGENT));
+        ext.insert("cascade.agents".into(), json!(agents.len()));
+        let aud = vec![self.coordinator_id.clone()];
+        self.sign(
+            "rollback_start",
+            &rollback.wid,
+            aud,
+            vec![parent],
+            ext,
+            now,
+            None,
+        )
+    }
+
+    /// One agent's `Execution-Context` for a rollback whose `rollback_start` (`start_jti`)
+    /// could not name every agent: a `rollback_start` for that agent alone (`aud` = the
+    /// coordinator and the agent), child of the rollback's own (`par` and
+    /// `ext["cascade.context_of"]`), with a `jti` derived from both so that signing it again
+    /// after a restart names the same token.
+    pub fn agent_context(
+        &self,
+        rollback: &RollbackRecord,
+        start_jti: &str,
+        agent: &str,
+        now: i64,
+    ) -> Result<Evidence, KeyError> {
+        let mut ext = Self::rollback_ext(rollback);
+        ext.insert("cascade.context_of".into(), json!(start_jti));
+        let aud = vec![self.coordinator_id.clone(), agent.to_string()];
+        let jti = agent_context_jti(start_jti, agent);
+        self.sign(
+            "rollback_start",
+            &rollback.wid,
+            aud,
+            vec![start_jti.to_string()],
+            ext,
+            now,
+            Some(jti),
+        )
+    }
+
+    fn rollback_ext(rollback: &RollbackRecord) -> Map<String, Value> {
         let mut ext = Map::new();
         ext.insert("cascade.rollback_id".into(), json!(rollback.rollback_id));
         ext.insert(
@@ -136,7 +215,7 @@ impl EvidenceSigner {
         if let Some(reason) = &rollback.reason {
             ext.insert("cascade.reason".into(), json!(reason));
         }
-        self.sign("rollback_start", &rollback.wid, aud, vec![parent], ext, now)
+        ext
     }
 
     /// `rollback_complete`: `par` is the rollback's `rollback_start`; `cascade.status` is the
@@ -160,24 +239,34 @@ impl EvidenceSigner {
         ext.insert("cascade.steps".into(), json!(steps.len()));
         ext.insert("cascade.steps_digest".into(), json!(steps_digest(steps)));
         // Per-agent results (the draft's shape), then the failed agents, as many of each as
-        // fit the profile's 4 KiB `ext` limit; the digest above commits to every step either way.
+        // fit the profile's 4 KiB `ext` limit — and the token limit, which may be smaller; the
+        // digest above commits to every step either way.
         let cascaded = per_agent(steps);
-        let listed = fill(&mut ext, "cascade.cascaded", &cascaded);
         let failed: Vec<Value> = rollback.failed_agents.iter().map(|a| json!(a)).collect();
-        let failed_listed = fill(&mut ext, "cascade.failed_agents", &failed);
-        let omitted = (cascaded.len() - listed) + (failed.len() - failed_listed);
-        if omitted > 0 {
-            ext.insert("cascade.omitted".into(), json!(omitted));
+        let mut budget = EXT_BUDGET;
+        loop {
+            let mut ext = ext.clone();
+            let listed = fill(&mut ext, "cascade.cascaded", &cascaded, budget);
+            let failed_listed = fill(&mut ext, "cascade.failed_agents", &failed, budget);
+            let omitted = (cascaded.len() - listed) + (failed.len() - failed_listed);
+            if omitted > 0 {
+                ext.insert("cascade.omitted".into(), json!(omitted));
+            }
+            let ev = self.sign(
+                "rollback_complete",
+                &rollback.wid,
+                vec![self.coordinator_id.clone()],
+                vec![start_jti.to_string()],
+                ext,
+                now,
+                None,
+            )?;
+            // Lists shrink until the token fits; with none left, the digest alone remains.
+            if ev.token.len() <= self.max_token_bytes || listed + failed_listed == 0 {
+                return Ok(ev);
+            }
+            budget /= 2;
         }
-        let aud = vec![self.coordinator_id.clone()];
-        self.sign(
-            "rollback_complete",
-            &rollback.wid,
-            aud,
-            vec![start_jti.to_string()],
-            ext,
-            now,
-        )
     }
 
     fn sign(
@@ -188,8 +277,9 @@ impl EvidenceSigner {
         parents: Vec<String>,
         ext: Map<String, Value>,
         now: i64,
+        jti: Option<String>,
     ) -> Result<Evidence, KeyError> {
-        let jti = uuid::Uuid::new_v4().to_string();
+        let jti = jti.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut claims = Map::new();
         claims.insert("iss".into(), json!(self.coordinator_id));
         claims.insert("aud".into(), json!(aud));
@@ -203,6 +293,18 @@ impl EvidenceSigner {
         let token = self.key.sign_ect(&claims, self.profile)?;
         Ok(Evidence { jti, token })
     }
+}
+
+/// The `jti` of `agent`'s own context for the rollback started by `start_jti`: a UUID (v8,
+/// custom) made of the first 16 bytes of SHA-256 over both.
+pub fn agent_context_jti(start_jti: &str, agent: &str) -> String {
+    let input = format!("{start_jti}\n{agent}");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -364,6 +466,70 @@ mod tests {
         assert!(listed > 0);
         assert_eq!(v.ext["cascade.omitted"], json!(2000 - listed));
         assert_eq!(v.ext["cascade.steps"], json!(1000));
+
+        // A ledger configured for smaller tokens gets shorter lists, not a refused token.
+        let narrow = signer.clone().with_token_limit(1500);
+        let ev = narrow
+            .rollback_complete(&record, &steps, "start", now)
+            .unwrap();
+        assert!(ev.token.len() <= 1500, "{}", ev.token.len());
+        let v = verifier(&key).verify(&ev.token, now).await.unwrap();
+        let short_listed = v.ext["cascade.cascaded"].as_array().unwrap().len()
+            + v.ext["cascade.failed_agents"].as_array().unwrap().len();
+        assert!(short_listed < listed);
+        assert_eq!(v.ext["cascade.omitted"], json!(2000 - short_listed));
+    }
+
+    /// Hundreds of agents do not fit one `aud`: the start names the coordinator alone and
+    /// each agent gets its own context, within the limit, with a jti that signing again
+    /// repeats.
+    #[tokio::test]
+    async fn too_many_agents_for_one_audience_get_contexts_of_their_own() {
+        let key = Arc::new(SigningKey::generate(KeyAlg::ES256).unwrap());
+        let signer = EvidenceSigner::new(key.clone(), COORD, Profile::Draft00, 3600);
+        let (mut record, _) = record();
+        let template = record.plan.steps[0].clone();
+        record.plan.steps = (0..600)
+            .map(|i| PlannedStep {
+                checkpoint_id: format!("cp-{i}"),
+                agent: format!("spiffe://example.com/agent/router-{i:04}"),
+                ..template.clone()
+            })
+            .collect();
+        let now = Utc::now().timestamp();
+        let start = signer.rollback_start(&record, now).unwrap();
+        assert!(start.token.len() <= CONTEXT_LIMIT, "{}", start.token.len());
+        let v = verifier(&key).verify(&start.token, now).await.unwrap();
+        assert_eq!(v.aud, vec![COORD.to_string()]);
+        assert_eq!(v.ext["cascade.audience"], json!(AUDIENCE_PER_AGENT));
+        assert_eq!(v.ext["cascade.agents"], json!(600));
+
+        let agent = "spiffe://example.com/agent/router-0042";
+        let ctx = signer
+            .agent_context(&record, &start.jti, agent, now)
+            .unwrap();
+        let c = verifier(&key).verify(&ctx.token, now).await.unwrap();
+        assert_eq!(c.exec_act, "rollback_start");
+        assert_eq!(c.aud, vec![COORD.to_string(), agent.to_string()]);
+        assert_eq!(c.parents, vec![start.jti.clone()]);
+        assert_eq!(c.ext["cascade.context_of"], json!(start.jti));
+        assert_eq!(c.ext["cascade.rollback_id"], json!(record.rollback_id));
+        assert_eq!(c.jti, agent_context_jti(&start.jti, agent));
+        let again = signer
+            .agent_context(&record, &start.jti, agent, now)
+            .unwrap();
+        assert_eq!(again.jti, ctx.jti);
+        assert_ne!(
+            agent_context_jti(&start.jti, "spiffe://example.com/agent/router-0043"),
+            ctx.jti
+        );
+
+        // A few agents still share the one start.
+        let (small, _) = self::record();
+        let start = signer.rollback_start(&small, now).unwrap();
+        let v = verifier(&key).verify(&start.token, now).await.unwrap();
+        assert_eq!(v.aud.len(), 3);
+        assert!(v.ext.get("cascade.audience").is_none());
     }
 
     #[tokio::test]
