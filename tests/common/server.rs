@@ -213,6 +213,11 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// The URL of the database the server runs on.
+    pub fn database_url(&self) -> &str {
+        &self._store.url
+    }
+
     /// POST one token as `application/jwt` with the operator token.
     pub async fn post_token(&self, token: &str) -> reqwest::Response {
         self.client
