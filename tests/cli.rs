@@ -1,86 +1,15 @@
 //! The `unwind` binary as a user runs it: first start on the embedded default, key and token
 //! files, configuration errors, graceful shutdown on SIGTERM, and the token tools.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use common::process::{ServeProcess, assert_success, unwind};
 use serde_json::{Value, json};
-
-fn unwind() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_unwind"));
-    // The tests' own environment must not configure the child.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("UNWIND_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `unwind serve` in `dir` and waits for its "listening" line; returns the child and
-/// everything it printed up to then.
-fn serve(dir: &Path, args: &[&str]) -> (Child, String) {
-    let mut child = unwind()
-        .arg("serve")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut reader = BufReader::new(stdout);
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).unwrap();
-        assert!(n > 0, "unwind serve exited early; printed:\n{printed}");
-        printed.push_str(&line);
-        if line.contains("listening on") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no listening line:\n{printed}");
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = reader.read_to_string(&mut sink);
-    });
-    (child, printed)
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("unwind did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[cfg(unix)]
 fn mode(path: &Path) -> u32 {
@@ -91,9 +20,8 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn first_start_on_the_embedded_default_creates_key_and_token() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let (mut child, printed) = serve(dir.path(), &["--listen", &listen]);
+    let mut server = ServeProcess::start(dir.path());
+    let printed = &server.printed;
     let data = dir.path().join("unwind-data");
     for file in ["unwind.db", "coordinator.jwk", "admin.token"] {
         assert!(
@@ -108,27 +36,24 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
         assert_eq!(mode(&data.join("coordinator.jwk")), 0o600);
         assert_eq!(mode(&data.join("admin.token")), 0o600);
     }
-    let token = std::fs::read_to_string(data.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let body = http_get(port, "/v1/workflows", Some(&token));
+    let token = server.admin_token();
+    let body = http_get(server.port(), "/v1/workflows", Some(&token));
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let ready = http_get(port, "/readyz", None);
+    let ready = http_get(server.port(), "/readyz", None);
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
 
     // A second start reuses both files.
     let key_before = std::fs::read_to_string(data.join("coordinator.jwk")).unwrap();
-    let (mut child, printed) = serve(dir.path(), &["--listen", &listen]);
-    assert!(!printed.contains("created"), "{printed}");
+    let mut server = ServeProcess::start(dir.path());
+    assert!(!server.printed.contains("created"), "{}", server.printed);
     assert_eq!(
         std::fs::read_to_string(data.join("coordinator.jwk")).unwrap(),
         key_before
     );
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    server.sigterm();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
 
 /// A plain HTTP/1.1 GET over a socket; returns the whole answer.
@@ -150,11 +75,9 @@ fn http_get(port: u16, path: &str, token: Option<&str>) -> String {
 #[test]
 fn sigterm_lets_an_in_flight_request_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let (mut child, _) = serve(dir.path(), &["--listen", &listen]);
-    let token = std::fs::read_to_string(dir.path().join("unwind-data/admin.token")).unwrap();
-    let token = token.trim();
+    let mut server = ServeProcess::start(dir.path());
+    let port = server.port();
+    let token = server.admin_token();
 
     // Start a request and leave its body unfinished, so it is in flight when SIGTERM arrives.
     let body = br#"{"tokens": []}"#;
@@ -168,18 +91,15 @@ fn sigterm_lets_an_in_flight_request_finish() {
     s.write_all(&body[..5]).unwrap();
     s.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    sigterm(&child);
+    server.sigterm();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "exited with a request in flight"
-    );
+    assert!(server.is_running(), "exited with a request in flight");
     s.write_all(&body[5..]).unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#"{"results":[]}"#), "{answer}");
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
 }
 
 #[test]
@@ -231,11 +151,7 @@ fn keys_generate_then_sign_verify_decode() {
             .current_dir(d)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, alg);
         #[cfg(unix)]
         assert_eq!(mode(&d.join(&key)), 0o600);
         let public: Value =
@@ -256,11 +172,7 @@ fn keys_generate_then_sign_verify_decode() {
             .current_dir(d)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, alg);
         let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert_eq!(token.split('.').count(), 3);
         std::fs::write(d.join("t.jwt"), &token).unwrap();
@@ -283,11 +195,7 @@ fn keys_generate_then_sign_verify_decode() {
             .current_dir(d)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{alg}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, alg);
         let verified: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(verified["valid"], true);
 

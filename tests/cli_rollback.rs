@@ -1,122 +1,28 @@
 //! The operator commands as a user runs them: a real `unwind serve` process on the embedded
 //! default, real agents from the `unwind-agent` crate, and the `unwind` binary as the client.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{Map, Value, json};
-use unwind::ect::{KeyAlg, SigningKey};
-use unwind_agent::{
-    Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
-    RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
-};
+use common::agents::{Figure, TestAgent};
+use common::process::{ServeOptions, ServeProcess, ServeSetup, free_port, unwind};
+use common::server::AGENT_PREFIX;
+use serde_json::Value;
+use unwind_agent::{CheckpointCtx, HandlerError, PrepareDecision, RestoreOutcome, RollbackHandler};
 
-const AGENT_PREFIX: &str = "spiffe://example.com/agent/";
-const COORDINATOR_ID: &str = "spiffe://unwind.local/coordinator";
-
-fn unwind_std() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_unwind"));
-    // The tests' own environment must not configure the child.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("UNWIND_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `unwind serve`, stopped when dropped.
+/// A coordinator on the embedded default database, and its directory.
 struct Server {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-    agent_key: SigningKey,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn data_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir().join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
+    setup: ServeSetup,
+    process: ServeProcess,
 }
 
 /// Starts `unwind serve` trusting one agent key for `spiffe://example.com/agent/*`.
-fn serve() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let agent_key = SigningKey::generate(KeyAlg::ES256).unwrap();
-    let jwks = dir.path().join("agents.jwks.json");
-    std::fs::write(
-        &jwks,
-        serde_json::to_string(&agent_key.public_jwks()).unwrap(),
-    )
-    .unwrap();
-    let port = free_port();
-    let config = format!(
-        "listen = \"127.0.0.1:{port}\"\n\
-         data_dir = \"{}\"\n\
-         [[trust.issuers]]\n\
-         id = \"{AGENT_PREFIX}*\"\n\
-         jwks_file = \"{}\"\n\
-         rollback_hosts = [\"127.0.0.1\"]\n\
-         allow_http = true\n",
-        dir.path().join("data").display(),
-        jwks.display()
-    );
-    std::fs::write(dir.path().join("unwind.toml"), config).unwrap();
-    let mut child = unwind_std()
-        .args(["serve", "--config", "unwind.toml"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).unwrap();
-        assert!(n > 0, "unwind serve exited early; printed:\n{printed}");
-        printed.push_str(&line);
-        if line.contains("listening on") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no listening line:\n{printed}");
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = reader.read_to_string(&mut sink);
-    });
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-        agent_key,
-    }
+async fn serve() -> Server {
+    let setup = ServeSetup::new(ServeOptions::default()).await;
+    let process = setup.start("one").await;
+    Server { setup, process }
 }
 
 struct Output {
@@ -140,13 +46,12 @@ impl Output {
 /// Runs the client binary in the server's directory, against its URL, with its data directory
 /// as the source of the admin token.
 async fn cli(s: &Server, args: &[&str]) -> Output {
-    let data = s.data_dir();
     let out = tokio::process::Command::from({
-        let mut c = unwind_std();
+        let mut c = unwind();
         c.args(args)
-            .args(["--url", &s.url])
-            .env("UNWIND_DATA_DIR", &data)
-            .current_dir(s.dir.path());
+            .args(["--url", s.process.base()])
+            .env("UNWIND_DATA_DIR", &s.process.data_dir)
+            .current_dir(s.setup.dir.path());
         c
     })
     .output()
@@ -183,112 +88,25 @@ impl RollbackHandler for Restorer {
     }
 }
 
-struct TestAgent {
-    agent: Agent,
-    uri: String,
-    _task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_agent(s: &Server, name: &str, cannot_prepare: bool) -> TestAgent {
-    let dir = tempfile::tempdir().unwrap();
-    let id = format!("{AGENT_PREFIX}{name}");
-    let store = CheckpointStore::open(StoreOptions::in_dir(
-        dir.path(),
-        id.clone(),
-        SnapshotKey::generate().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(format!("{}/.well-known/jwks.json", s.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = Agent::builder()
-        .id(&id)
-        .signing_key(s.agent_key.clone())
-        .coordinator(COORDINATOR_ID, CoordinatorKeys::Static(jwks))
-        .store(store)
-        .handler(Arc::new(Restorer { cannot_prepare }))
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "http://{}/.well-known/cascade/rollback",
-        listener.local_addr().unwrap()
-    );
-    let router = agent.router();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    TestAgent {
-        agent,
-        uri,
-        _task: task,
-        _dir: dir,
-    }
-}
-
-impl TestAgent {
-    async fn checkpoint(&self, wid: &str, parents: &[String]) -> (String, String) {
-        let (cp, token) = self
-            .agent
-            .checkpoint(
-                b"router config v1",
-                3600,
-                Some("router-1"),
-                true,
-                wid,
-                parents,
-                Some(&self.uri),
-            )
-            .await
-            .unwrap();
-        (cp.jti, token)
-    }
-
-    fn action(&self, wid: &str, exec_act: &str, parents: &[String]) -> (String, String) {
-        let token = self
-            .agent
-            .action_ect(exec_act, Some(wid), parents, Map::new())
-            .unwrap();
-        let (_, claims) = unwind::ect::jws::decode_unverified(&token).unwrap();
-        (claims["jti"].as_str().unwrap().to_string(), token)
-    }
-}
-
-/// Checkpoint A -> A1 -> Checkpoint B -> B1, B2, ingested with the admin token. Returns every
-/// jti: (A, A1, B, B1, B2).
-async fn seed_figure(s: &Server, a: &TestAgent, b: &TestAgent, wid: &str) -> [String; 5] {
-    let (cp_a, t_a) = a.checkpoint(wid, &[]).await;
-    let (a1, t_a1) = a.action(wid, "reconfigure_router", std::slice::from_ref(&cp_a));
-    let (cp_b, t_b) = b.checkpoint(wid, std::slice::from_ref(&a1)).await;
-    let (b1, t_b1) = b.action(wid, "update_dns", std::slice::from_ref(&cp_b));
-    let (b2, t_b2) = b.action(wid, "notify", std::slice::from_ref(&cp_b));
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/ects", s.url))
-        .bearer_auth(s.admin_token())
-        .json(&json!({ "tokens": [t_a, t_a1, t_b, t_b1, t_b2] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    for item in body["results"].as_array().unwrap() {
-        assert_eq!(item["status"], "created", "{item}");
-    }
-    [cp_a, a1, cp_b, b1, b2]
+async fn start_agent(s: &Server, name: &str, cannot_prepare: bool) -> TestAgent<()> {
+    let handler = Arc::new(Restorer { cannot_prepare });
+    s.setup.start_agent(&s.process, name, handler, ()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_rolls_back_the_seed_figure_from_the_command_line() {
-    let s = serve();
+    let s = serve().await;
     let a = start_agent(&s, "a", false).await;
     let b = start_agent(&s, "b", false).await;
     let wid = uuid::Uuid::new_v4().to_string();
-    let [cp_a, a1, cp_b, b1, b2] = seed_figure(&s, &a, &b, &wid).await;
+    let Figure {
+        cp_a,
+        a1,
+        cp_b,
+        b1,
+        b2,
+        ..
+    } = s.process.seed_figure(&a, &b, &wid).await;
 
     // Blast radius of A: everything below it, both agents, both checkpoints.
     let radius = cli(&s, &["blast-radius", &cp_a, "--output", "json"])
@@ -408,11 +226,11 @@ async fn an_operator_rolls_back_the_seed_figure_from_the_command_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_exits_3_while_a_decision_is_awaited() {
-    let s = serve();
+    let s = serve().await;
     let a = start_agent(&s, "a", true).await;
     let b = start_agent(&s, "b", false).await;
     let wid = uuid::Uuid::new_v4().to_string();
-    let [cp_a, ..] = seed_figure(&s, &a, &b, &wid).await;
+    let Figure { cp_a, .. } = s.process.seed_figure(&a, &b, &wid).await;
 
     let waiting = cli(
         &s,
@@ -480,7 +298,7 @@ async fn watch_exits_3_while_a_decision_is_awaited() {
 #[test]
 fn a_missing_token_file_is_a_usage_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = unwind_std()
+    let out = unwind()
         .args(["rollback", "list", "--data-dir", "nowhere"])
         .current_dir(dir.path())
         .output()
@@ -495,7 +313,7 @@ fn a_missing_token_file_is_a_usage_error_naming_it() {
 fn an_unreachable_coordinator_fails_naming_its_url() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let out = unwind_std()
+    let out = unwind()
         .args(["rollback", "get", "urn:uuid:0", "--url", &url])
         .env("UNWIND_TOKEN", "some-token")
         .output()
@@ -515,7 +333,7 @@ fn every_client_command_shows_an_example_in_its_help() {
         &["rollback", "decide", "--help"],
         &["rollback", "list", "--help"],
     ] {
-        let out = unwind_std().args(args).output().unwrap();
+        let out = unwind().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(help.contains("Example: unwind "), "{args:?}: {help}");

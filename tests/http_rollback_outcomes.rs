@@ -610,6 +610,85 @@ async fn event_streams_follow_a_rollback_to_its_end() {
 }
 
 #[tokio::test]
+async fn an_event_stream_whose_store_fails_ends_with_an_error_event() {
+    use sqlx::Connection as _;
+
+    let s = servers_with(short)
+        .await
+        .into_iter()
+        .find(|s| s.name == "sqlite")
+        .expect("a server on SQLite");
+    let log: Log = Arc::default();
+    let a = start_agent(&s, "a", "cannot_prepare", 0, &log).await;
+    let b = start_agent(&s, "b", "", 0, &log).await;
+    let wid = wid();
+    let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
+    let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+    wait_for(&s, &id, &["awaiting_decision"]).await;
+
+    // The stream stays open while the rollback waits: read up to its first event.
+    let mut stream = events(&s, &id).await;
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("the current state first")
+            .unwrap()
+            .expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: rollback"), "{text}");
+
+    // Another connection takes the table away under the running server.
+    let mut conn = sqlx::SqliteConnection::connect(s.database_url())
+        .await
+        .expect("open the server's database");
+    sqlx::query("ALTER TABLE rollbacks RENAME TO rollbacks_gone")
+        .execute(&mut conn)
+        .await
+        .expect("rename the rollbacks table");
+    let _ = conn.close().await;
+
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = String::new();
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        rest
+    })
+    .await
+    .expect("the stream ends after the error event");
+    let blocks: Vec<&str> = rest
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|b| !b.is_empty() && !b.starts_with(':'))
+        .collect();
+    let last = *blocks.last().expect("an event after the failure");
+    let lines: Vec<&str> = last.lines().collect();
+    assert!(
+        lines.contains(&"event: error"),
+        "not an error event: {rest}"
+    );
+    let data = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data: {rest}"));
+    let problem: Value = serde_json::from_str(data).expect("the error event's data is JSON");
+    assert_eq!(problem["code"], "internal", "{problem}");
+    assert_eq!(problem["status"], 500, "{problem}");
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{problem}"
+    );
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b.starts_with("event: rollback") || *b == last),
+        "only rollback events before the error: {rest}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_conflicts_on_two_servers_answer_like_a_serial_run() {
     let servers = servers_with(short).await;
     let Some(first) = servers.into_iter().find(|s| s.name == "postgres") else {

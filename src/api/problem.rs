@@ -80,7 +80,7 @@ impl ApiError {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "an internal error occurred; see the service log",
+            INTERNAL_DETAIL,
         )
     }
     pub fn unavailable(detail: impl Into<String>) -> Self {
@@ -91,7 +91,8 @@ impl ApiError {
         self
     }
 
-    fn body(&self) -> Value {
+    /// The problem+json body this error answers with.
+    pub(super) fn body(&self) -> Value {
         let mut body = Map::new();
         body.insert("type".into(), "about:blank".into());
         body.insert(
@@ -116,19 +117,38 @@ impl From<Rejection> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl ApiError {
+    /// The answer for a store failure, without logging it: `unavailable` when the database
+    /// cannot be reached, `internal` for any other fault.
+    pub(super) fn of_store(e: &crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::BadCursor => Self::bad_request(
                 "invalid_request",
                 "the cursor is not one this service issued",
             ),
-            crate::store::StoreError::Database(ref db) if is_unavailable(db) => {
-                tracing::warn!(error = %e, "database unavailable");
+            crate::store::StoreError::Database(db) if is_unavailable(db) => {
                 Self::unavailable("the database is not reachable; try again")
             }
-            other => Self::internal(other),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                INTERNAL_DETAIL,
+            ),
         }
+    }
+}
+
+const INTERNAL_DETAIL: &str = "an internal error occurred; see the service log";
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        let answer = Self::of_store(&e);
+        match answer.code {
+            "unavailable" => tracing::warn!(error = %e, "database unavailable"),
+            "internal" => tracing::error!(error = %e, "request failed"),
+            _ => {}
+        }
+        answer
     }
 }
 

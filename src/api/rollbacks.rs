@@ -326,11 +326,12 @@ async fn list_rollbacks(
 }
 
 /// Server-sent events: the current state first, then one event per change; the stream ends
-/// after a terminal state.
+/// after a terminal state. When the store fails, a last `event: error` carries a problem
+/// (`code`, `detail`) and the stream ends.
 #[utoipa::path(
     get, path = "/v1/rollbacks/{id}/events", tag = "rollbacks",
     params(("id" = String, Path, description = "rollback_id")),
-    responses((status = 200, description = "`event: rollback`, `id: <version>`, `data: <rollback resource>`", content_type = "text/event-stream"),
+    responses((status = 200, description = "`event: rollback`, `id: <version>`, `data: <rollback resource>`; a store failure ends the stream with `event: error`, `data: <problem>`", content_type = "text/event-stream"),
                (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
@@ -367,7 +368,11 @@ async fn rollback_events(
                         ));
                     }
                     Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    Ok(None) | Err(_) => return None,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        let event = store_failure_event(&id, &e);
+                        return Some((Ok(event), (state, id, last, true)));
+                    }
                 }
             }
         },
@@ -375,6 +380,20 @@ async fn rollback_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The last event of a stream whose store failed: `event: error` with the problem a request
+/// would have been answered with (`internal`, or `unavailable` when the database cannot be
+/// reached). The failure itself goes to the log, not to the client.
+fn store_failure_event(id: &str, e: &crate::store::StoreError) -> Event {
+    let problem = ApiError::of_store(e);
+    tracing::error!(
+        rollback_id = %id, code = problem.code, error = %e,
+        "the store failed under a rollback event stream; ending it with an error event"
+    );
+    Event::default()
+        .event("error")
+        .data(problem.body().to_string())
 }
 
 /// An operator's decision on a rollback awaiting one.

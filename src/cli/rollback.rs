@@ -362,6 +362,10 @@ async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
             .map_err(|e| CliError::Failed(format!("event stream of {id} broke: {e}")))?;
         let Some(chunk) = chunk else { break };
         for event in parser.feed(&chunk) {
+            if event.event == "error" {
+                view.finish();
+                return Err(stream_error(id, &event.data));
+            }
             if !matches!(event.event.as_str(), "" | "rollback") {
                 continue;
             }
@@ -387,6 +391,14 @@ async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
             "the event stream of {id} ended without an event"
         ))),
     }
+}
+
+/// The `event: error` a coordinator ends the stream with when its store fails: a problem.
+fn stream_error(id: &str, data: &str) -> CliError {
+    let problem: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let code = problem["code"].as_str().unwrap_or("error");
+    let detail = problem["detail"].as_str().unwrap_or(data);
+    CliError::Failed(format!("the event stream of {id} failed: {code}: {detail}"))
 }
 
 fn is_terminal(status: &str) -> bool {

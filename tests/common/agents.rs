@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use unwind::config::Config;
+use unwind::ect::SigningKey;
 use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
 use unwind_agent::{
     Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
@@ -56,12 +57,67 @@ impl RollbackHandler for Timed {
     }
 }
 
-pub struct TestAgent {
+/// An agent serving the rollback protocol on 127.0.0.1. `controls` is whatever the test steers
+/// or watches its handler with (the reference handler's [`Controls`] by default).
+pub struct TestAgent<C = Arc<Controls>> {
     pub agent: Agent,
     pub uri: String,
-    pub controls: Arc<Controls>,
+    pub controls: C,
     pub task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
+}
+
+/// The identity a test agent signs with and the coordinator it trusts.
+pub struct AgentTrust<'a> {
+    pub key: &'a SigningKey,
+    pub coordinator_id: &'a str,
+    pub coordinator_jwks: jsonwebtoken::jwk::JwkSet,
+}
+
+/// Serves agent `agent/<name>` on 127.0.0.1 with `handler`; `routes` makes its HTTP routes.
+pub async fn serve_agent<C>(
+    name: &str,
+    trust: AgentTrust<'_>,
+    handler: Arc<dyn RollbackHandler>,
+    controls: C,
+    routes: impl FnOnce(&Agent, &C) -> axum::Router,
+) -> TestAgent<C> {
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("{AGENT_PREFIX}{name}");
+    let store = CheckpointStore::open(StoreOptions::in_dir(
+        dir.path(),
+        id.clone(),
+        SnapshotKey::generate().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let agent = Agent::builder()
+        .id(&id)
+        .signing_key(trust.key.clone())
+        .coordinator(
+            trust.coordinator_id,
+            CoordinatorKeys::Static(trust.coordinator_jwks),
+        )
+        .store(store)
+        .handler(handler)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!(
+        "http://{}/.well-known/cascade/rollback",
+        listener.local_addr().unwrap()
+    );
+    let router = routes(&agent, &controls);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    TestAgent {
+        agent,
+        uri,
+        controls,
+        task,
+        _dir: dir,
+    }
 }
 
 pub fn short(c: &mut Config) {
@@ -70,9 +126,10 @@ pub fn short(c: &mut Config) {
     c.rollback.poll_ms = 100;
 }
 
-pub async fn coordinator_jwks(s: &TestServer) -> jsonwebtoken::jwk::JwkSet {
-    s.client
-        .get(s.url("/.well-known/jwks.json"))
+/// The public keys the coordinator at `base` serves, as its agents trust them.
+pub async fn served_jwks(client: &reqwest::Client, base: &str) -> jsonwebtoken::jwk::JwkSet {
+    client
+        .get(format!("{base}/.well-known/jwks.json"))
         .send()
         .await
         .unwrap()
@@ -90,15 +147,6 @@ pub async fn start_agent(
     delay_ms: u64,
     log: &Log,
 ) -> TestAgent {
-    let dir = tempfile::tempdir().unwrap();
-    let id = format!("{AGENT_PREFIX}{name}");
-    let store = CheckpointStore::open(StoreOptions::in_dir(
-        dir.path(),
-        id.clone(),
-        SnapshotKey::generate().unwrap(),
-    ))
-    .await
-    .unwrap();
     let controls = Controls::new(behaviour.parse::<Behaviour>().unwrap());
     let handler = Arc::new(Timed {
         name: name.to_string(),
@@ -106,36 +154,18 @@ pub async fn start_agent(
         log: log.clone(),
         delay: Duration::from_millis(delay_ms),
     });
-    let agent = Agent::builder()
-        .id(&id)
-        .signing_key(s.agent_key.clone())
-        .coordinator(
-            &s.coordinator_id,
-            CoordinatorKeys::Static(coordinator_jwks(s).await),
-        )
-        .store(store)
-        .handler(handler)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "http://{}/.well-known/cascade/rollback",
-        listener.local_addr().unwrap()
-    );
-    let router = reference::router(&agent, controls.clone(), false);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    TestAgent {
-        agent,
-        uri,
-        controls,
-        task,
-        _dir: dir,
-    }
+    let trust = AgentTrust {
+        key: &s.agent_key,
+        coordinator_id: &s.coordinator_id,
+        coordinator_jwks: served_jwks(&s.client, &s.base).await,
+    };
+    serve_agent(name, trust, handler, controls, |agent, controls| {
+        reference::router(agent, controls.clone(), false)
+    })
+    .await
 }
 
-impl TestAgent {
+impl<C> TestAgent<C> {
     pub async fn checkpoint_ttl(
         &self,
         wid: &str,
@@ -170,7 +200,9 @@ impl TestAgent {
         let (_, claims) = unwind::ect::jws::decode_unverified(&token).unwrap();
         (claims["jti"].as_str().unwrap().to_string(), token)
     }
+}
 
+impl TestAgent {
     pub fn behave(&self, spec: &str) {
         self.controls.set_behaviour(spec.parse().unwrap());
     }
@@ -185,21 +217,44 @@ impl TestAgent {
     }
 }
 
-/// Checkpoint A -> A1 -> Checkpoint B -> B1, B2; a owns A and A1, b owns B, B1 and B2.
-/// Returns (A, B, B1).
+/// The seed figure, signed by its agents: Checkpoint A -> A1 -> Checkpoint B -> B1, B2; agent
+/// a owns A and A1, agent b owns B, B1 and B2.
+pub struct Figure {
+    pub cp_a: String,
+    pub a1: String,
+    pub cp_b: String,
+    pub b1: String,
+    pub b2: String,
+    /// The five tokens, parents first.
+    pub tokens: Vec<String>,
+}
+
+pub async fn sign_figure<C>(a: &TestAgent<C>, b: &TestAgent<C>, wid: &str) -> Figure {
+    let (cp_a, t_a) = a.checkpoint(wid, &[]).await;
+    let (a1, t_a1) = a.action(wid, "reconfigure_router", std::slice::from_ref(&cp_a));
+    let (cp_b, t_b) = b.checkpoint(wid, std::slice::from_ref(&a1)).await;
+    let (b1, t_b1) = b.action(wid, "update_dns", std::slice::from_ref(&cp_b));
+    let (b2, t_b2) = b.action(wid, "notify", std::slice::from_ref(&cp_b));
+    Figure {
+        cp_a,
+        a1,
+        cp_b,
+        b1,
+        b2,
+        tokens: vec![t_a, t_a1, t_b, t_b1, t_b2],
+    }
+}
+
+/// Signs and ingests the seed figure. Returns (A, B, B1).
 pub async fn seed_figure(
     s: &TestServer,
     a: &TestAgent,
     b: &TestAgent,
     wid: &str,
 ) -> (String, String, String) {
-    let (cp_a, t_a) = a.checkpoint(wid, &[]).await;
-    let (a1, t_a1) = a.action(wid, "reconfigure_router", std::slice::from_ref(&cp_a));
-    let (cp_b, t_b) = b.checkpoint(wid, std::slice::from_ref(&a1)).await;
-    let (b1, t_b1) = b.action(wid, "update_dns", std::slice::from_ref(&cp_b));
-    let (_, t_b2) = b.action(wid, "notify", std::slice::from_ref(&cp_b));
-    s.ingest_ok(&[t_a, t_a1, t_b, t_b1, t_b2]).await;
-    (cp_a, cp_b, b1)
+    let figure = sign_figure(a, b, wid).await;
+    s.ingest_ok(&figure.tokens).await;
+    (figure.cp_a, figure.cp_b, figure.b1)
 }
 
 pub async fn request(s: &TestServer, body: Value) -> reqwest::Response {
@@ -235,20 +290,36 @@ pub const TERMINAL: &[&str] = &["completed", "partial", "failed", "aborted", "su
 
 /// Polls the rollback until it reaches one of `states`.
 pub async fn wait_for(s: &TestServer, id: &str, states: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let path = format!("/v1/rollbacks/{id}");
+    poll_rollback(
+        || async {
+            let (status, body) = s.get_json(&path).await;
+            assert_eq!(status, 200, "{body}");
+            body
+        },
+        states,
+        (Duration::from_secs(30), Duration::from_millis(50)),
+        |body| format!("{}: stuck in {}: {body}", s.name, body["status"]),
+    )
+    .await
+}
+
+/// Reads the rollback resource with `get` until its status is one of `states`, every
+/// `pace.1`; panics with `stuck(resource)` once `pace.0` has passed.
+pub async fn poll_rollback<F: std::future::Future<Output = Value>>(
+    get: impl Fn() -> F,
+    states: &[&str],
+    pace: (Duration, Duration),
+    stuck: impl Fn(&Value) -> String,
+) -> Value {
+    let deadline = Instant::now() + pace.0;
     loop {
-        let (status, body) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
-        assert_eq!(status, 200, "{body}");
+        let body = get().await;
         if states.contains(&body["status"].as_str().unwrap_or("")) {
             return body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{}: stuck in {}: {body}",
-            s.name,
-            body["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "{}", stuck(&body));
+        tokio::time::sleep(pace.1).await;
     }
 }
 

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod process;
 pub mod server;
 pub mod tokens;
 

@@ -213,6 +213,11 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// The URL of the database the server runs on.
+    pub fn database_url(&self) -> &str {
+        &self._store.url
+    }
+
     /// POST one token as `application/jwt` with the operator token.
     pub async fn post_token(&self, token: &str) -> reqwest::Response {
         self.client
@@ -252,16 +257,20 @@ impl TestServer {
 
     /// Ingests tokens that must all be created.
     pub async fn ingest_ok(&self, tokens: &[String]) {
-        let r = self.post_batch(tokens).await;
-        assert_eq!(r.status(), 200, "{}", self.name);
-        let body: Value = r.json().await.unwrap();
-        for item in body["results"].as_array().unwrap() {
-            assert_eq!(item["status"], "created", "{}: {item}", self.name);
-        }
+        assert_created(self.post_batch(tokens).await, self.name).await;
     }
 
     pub async fn count(&self) -> i64 {
         self.store.count_ects().await.unwrap()
+    }
+}
+
+/// Asserts a batch ingest answered 200 with every token created.
+pub async fn assert_created(response: reqwest::Response, context: &str) {
+    assert_eq!(response.status(), 200, "{context}");
+    let body: Value = response.json().await.unwrap();
+    for item in body["results"].as_array().unwrap() {
+        assert_eq!(item["status"], "created", "{context}: {item}");
     }
 }
 
