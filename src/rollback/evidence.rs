@@ -151,13 +151,15 @@ impl EvidenceSigner {
             .unwrap_or_else(|| rollback.checkpoint_id.clone());
         let ext = Self::rollback_ext(rollback);
         let all = self.sign(
-            "rollback_start",
-            &rollback.wid,
-            aud,
-            vec![parent.clone()],
-            ext.clone(),
+            Unsigned {
+                exec_act: "rollback_start",
+                wid: &rollback.wid,
+                aud,
+                parent: &parent,
+                ext: ext.clone(),
+                jti: None,
+            },
             now,
-            None,
         )?;
         if all.token.len() <= self.max_token_bytes {
             return Ok(all);
@@ -167,13 +169,15 @@ impl EvidenceSigner {
         ext.insert("cascade.agents".into(), json!(agents.len()));
         let aud = vec![self.coordinator_id.clone()];
         self.sign(
-            "rollback_start",
-            &rollback.wid,
-            aud,
-            vec![parent],
-            ext,
+            Unsigned {
+                exec_act: "rollback_start",
+                wid: &rollback.wid,
+                aud,
+                parent: &parent,
+                ext,
+                jti: None,
+            },
             now,
-            None,
         )
     }
 
@@ -194,13 +198,15 @@ impl EvidenceSigner {
         let aud = vec![self.coordinator_id.clone(), agent.to_string()];
         let jti = agent_context_jti(start_jti, agent);
         self.sign(
-            "rollback_start",
-            &rollback.wid,
-            aud,
-            vec![start_jti.to_string()],
-            ext,
+            Unsigned {
+                exec_act: "rollback_start",
+                wid: &rollback.wid,
+                aud,
+                parent: start_jti,
+                ext,
+                jti: Some(jti),
+            },
             now,
-            Some(jti),
         )
     }
 
@@ -253,13 +259,15 @@ impl EvidenceSigner {
                 ext.insert("cascade.omitted".into(), json!(omitted));
             }
             let ev = self.sign(
-                "rollback_complete",
-                &rollback.wid,
-                vec![self.coordinator_id.clone()],
-                vec![start_jti.to_string()],
-                ext,
+                Unsigned {
+                    exec_act: "rollback_complete",
+                    wid: &rollback.wid,
+                    aud: vec![self.coordinator_id.clone()],
+                    parent: start_jti,
+                    ext,
+                    jti: None,
+                },
                 now,
-                None,
             )?;
             // Lists shrink until the token fits; with none left, the digest alone remains.
             if ev.token.len() <= self.max_token_bytes || listed + failed_listed == 0 {
@@ -269,16 +277,16 @@ impl EvidenceSigner {
         }
     }
 
-    fn sign(
-        &self,
-        exec_act: &str,
-        wid: &str,
-        aud: Vec<String>,
-        parents: Vec<String>,
-        ext: Map<String, Value>,
-        now: i64,
-        jti: Option<String>,
-    ) -> Result<Evidence, KeyError> {
+    /// One coordinator ECT; every one Unwind signs has exactly one parent.
+    fn sign(&self, unsigned: Unsigned<'_>, now: i64) -> Result<Evidence, KeyError> {
+        let Unsigned {
+            exec_act,
+            wid,
+            aud,
+            parent,
+            ext,
+            jti,
+        } = unsigned;
         let jti = jti.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut claims = Map::new();
         claims.insert("iss".into(), json!(self.coordinator_id));
@@ -288,11 +296,21 @@ impl EvidenceSigner {
         claims.insert("jti".into(), json!(jti));
         claims.insert("wid".into(), json!(wid));
         claims.insert("exec_act".into(), json!(exec_act));
-        claims.insert(self.profile.parents_claim().into(), json!(parents));
+        claims.insert(self.profile.parents_claim().into(), json!([parent]));
         claims.insert(self.profile.ext_claim().into(), Value::Object(ext));
         let token = self.key.sign_ect(&claims, self.profile)?;
         Ok(Evidence { jti, token })
     }
+}
+
+/// The claims of a coordinator ECT that vary; `jti` is generated unless given.
+struct Unsigned<'a> {
+    exec_act: &'a str,
+    wid: &'a str,
+    aud: Vec<String>,
+    parent: &'a str,
+    ext: Map<String, Value>,
+    jti: Option<String>,
 }
 
 /// The `jti` of `agent`'s own context for the rollback started by `start_jti`: a UUID (v8,
