@@ -292,6 +292,8 @@ pub struct CascadeConfig {
     pub window_s: u64,
     pub escalate_above_agents: usize,
     pub min_reporters: usize,
+    /// Ingested nodes waiting for detection before new ones are dropped.
+    pub queue: usize,
 }
 
 impl Default for CascadeConfig {
@@ -300,6 +302,7 @@ impl Default for CascadeConfig {
             window_s: 60,
             escalate_above_agents: 3,
             min_reporters: 2,
+            queue: 10_000,
         }
     }
 }

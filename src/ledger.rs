@@ -49,11 +49,18 @@ pub enum LedgerError {
 /// How many times a batch is checked again after losing a `jti` race inside the store.
 const APPEND_ATTEMPTS: usize = 3;
 
+/// Told of every token the ledger appends, after its transaction committed (cascade
+/// detection listens here). Called on the ingest path: it must only hand the token on.
+pub trait IngestObserver: Send + Sync {
+    fn appended(&self, ect: &VerifiedEct);
+}
+
 /// Verifies and records ECTs.
 pub struct Ledger {
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,
     clock_skew_s: i64,
+    observer: Option<Arc<dyn IngestObserver>>,
 }
 
 impl Ledger {
@@ -62,7 +69,14 @@ impl Ledger {
             store,
             verifier,
             clock_skew_s,
+            observer: None,
         }
+    }
+
+    /// Tells `observer` of every appended token.
+    pub fn with_observer(mut self, observer: Arc<dyn IngestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
@@ -198,6 +212,11 @@ impl Ledger {
                     InsertOutcome::Created => IngestStatus::Created,
                     InsertOutcome::Duplicate => IngestStatus::Duplicate,
                 });
+                if let (InsertOutcome::Created, Some(observer), Some(e)) =
+                    (outcome, &self.observer, ect(*i))
+                {
+                    observer.appended(e);
+                }
             }
         }
 

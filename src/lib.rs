@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod cascade;
 pub mod cli;
 pub mod config;
 pub mod dag;

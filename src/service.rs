@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::agents::{AgentClient, CallSettings};
 use crate::api::rollbacks::RequestLimiter;
 use crate::api::{AppState, Authenticator};
+use crate::cascade::{CascadeDetector, CascadeSettings, DetectionQueue};
 use crate::config::{Config, Role};
 use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
 use crate::ledger::Ledger;
@@ -46,6 +47,8 @@ pub struct Prepared {
     pub coordinator: Arc<Coordinator>,
     /// Lines worth showing the operator at start (where the key and token are).
     pub notices: Vec<String>,
+    /// The cascade detection task, started by `prepare`.
+    pub detector: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the store (creating the data directory for the embedded default) and migrates it.
@@ -92,11 +95,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     })?;
     let trust = Arc::new(trust);
     let verifier = Arc::new(Verifier::new(trust.clone(), policy));
-    let ledger = Arc::new(Ledger::new(
-        store.clone(),
-        verifier,
-        config.ect.clock_skew_s,
-    ));
+    let (detection_queue, detection_rx) = DetectionQueue::new(config.cascade.queue);
+    let ledger = Arc::new(
+        Ledger::new(store.clone(), verifier, config.ect.clock_skew_s)
+            .with_observer(Arc::new(detection_queue)),
+    );
     let signing_key = Arc::new(signing_key);
 
     let agents = AgentClient::new(trust, CallSettings::from_config(&config.rollback))
@@ -108,6 +111,18 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         config.rollback.evidence_ttl_s,
     )
     .with_token_limit(config.ect.max_token_bytes);
+    // Detection runs for as long as the runtime: the ledger it records into holds its queue.
+    let detector = CascadeDetector::new(
+        store.clone(),
+        ledger.clone(),
+        evidence.clone(),
+        CascadeSettings {
+            window_s: i64::try_from(config.cascade.window_s).unwrap_or(i64::MAX),
+            min_reporters: config.cascade.min_reporters,
+            queue: config.cascade.queue,
+        },
+    );
+    let detector = tokio::spawn(detector.run(detection_rx, std::future::pending::<()>()));
     let coordinator = Coordinator::new(
         store.clone(),
         ledger.clone(),
@@ -145,6 +160,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         state,
         coordinator,
         notices,
+        detector,
     })
 }
 

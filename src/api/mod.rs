@@ -2,6 +2,7 @@
 //! generated from the handlers (utoipa).
 
 pub mod auth;
+pub mod cascades;
 pub mod ects;
 pub mod ops;
 pub mod problem;
@@ -58,6 +59,7 @@ pub struct AppState {
         (name = "ledger", description = "Ingest and read Execution Context Tokens"),
         (name = "workflows", description = "Workflow DAGs and blast radius"),
         (name = "rollbacks", description = "Two-phase rollbacks, their progress and decisions"),
+        (name = "cascades", description = "Cascades detected over the ledger"),
         (name = "operations", description = "Health, readiness, metrics and keys"),
     )
 )]
@@ -87,6 +89,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(ects::router())
         .merge(workflows::router())
         .merge(rollbacks::router())
+        .merge(cascades::router())
         .merge(ops::router())
 }
 

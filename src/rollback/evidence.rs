@@ -1,7 +1,8 @@
-//! Signed evidence of a rollback (design.md §8, api.md "Signed records Unwind emits"):
+//! The ECTs Unwind signs as evidence (design.md §8, api.md "Signed records Unwind emits"):
 //! `rollback_start`, sent to every agent as the `Execution-Context` of its calls, and
-//! `rollback_complete`, signed once when the rollback reaches a terminal state. Both are ECTs
-//! of the rollback's workflow, signed with the coordinator's key and recorded in the ledger.
+//! `rollback_complete`, signed once when the rollback reaches a terminal state, both of the
+//! rollback's workflow; and `cascade_detected`, of its root cause's workflow. All are signed
+//! with the coordinator's key and recorded in the ledger.
 
 use std::sync::Arc;
 
@@ -153,7 +154,7 @@ impl EvidenceSigner {
         let all = self.sign(
             Unsigned {
                 exec_act: "rollback_start",
-                wid: &rollback.wid,
+                wid: Some(&rollback.wid),
                 aud,
                 parent: &parent,
                 ext: ext.clone(),
@@ -171,7 +172,7 @@ impl EvidenceSigner {
         self.sign(
             Unsigned {
                 exec_act: "rollback_start",
-                wid: &rollback.wid,
+                wid: Some(&rollback.wid),
                 aud,
                 parent: &parent,
                 ext,
@@ -200,7 +201,7 @@ impl EvidenceSigner {
         self.sign(
             Unsigned {
                 exec_act: "rollback_start",
-                wid: &rollback.wid,
+                wid: Some(&rollback.wid),
                 aud,
                 parent: start_jti,
                 ext,
@@ -261,7 +262,7 @@ impl EvidenceSigner {
             let ev = self.sign(
                 Unsigned {
                     exec_act: "rollback_complete",
-                    wid: &rollback.wid,
+                    wid: Some(&rollback.wid),
                     aud: vec![self.coordinator_id.clone()],
                     parent: start_jti,
                     ext,
@@ -275,6 +276,41 @@ impl EvidenceSigner {
             }
             budget /= 2;
         }
+    }
+
+    /// `cascade_detected` (the draft's "Alert Format"): `par` is the root cause, in its
+    /// workflow; `cascade.affected_agents` the number of agents involved and
+    /// `cascade.blast_radius` the agents themselves, as many as fit the `ext` limit (then
+    /// `cascade.omitted`).
+    pub fn cascade_detected(
+        &self,
+        wid: Option<&str>,
+        pattern: &str,
+        root_cause: &str,
+        affected_agents: usize,
+        blast_radius_agents: &[String],
+        now: i64,
+    ) -> Result<Evidence, KeyError> {
+        let mut ext = Map::new();
+        ext.insert("cascade.pattern".into(), json!(pattern));
+        ext.insert("cascade.affected_agents".into(), json!(affected_agents));
+        ext.insert("cascade.root_cause_ect".into(), json!(root_cause));
+        let agents: Vec<Value> = blast_radius_agents.iter().map(|a| json!(a)).collect();
+        let listed = fill(&mut ext, "cascade.blast_radius", &agents, EXT_BUDGET);
+        if listed < agents.len() {
+            ext.insert("cascade.omitted".into(), json!(agents.len() - listed));
+        }
+        self.sign(
+            Unsigned {
+                exec_act: "cascade_detected",
+                wid,
+                aud: vec![self.coordinator_id.clone()],
+                parent: root_cause,
+                ext,
+                jti: None,
+            },
+            now,
+        )
     }
 
     /// One coordinator ECT; every one Unwind signs has exactly one parent.
@@ -294,7 +330,9 @@ impl EvidenceSigner {
         claims.insert("iat".into(), json!(now));
         claims.insert("exp".into(), json!(now.saturating_add(self.ttl_s)));
         claims.insert("jti".into(), json!(jti));
-        claims.insert("wid".into(), json!(wid));
+        if let Some(wid) = wid {
+            claims.insert("wid".into(), json!(wid));
+        }
         claims.insert("exec_act".into(), json!(exec_act));
         claims.insert(self.profile.parents_claim().into(), json!([parent]));
         claims.insert(self.profile.ext_claim().into(), Value::Object(ext));
@@ -306,7 +344,8 @@ impl EvidenceSigner {
 /// The claims of a coordinator ECT that vary; `jti` is generated unless given.
 struct Unsigned<'a> {
     exec_act: &'a str,
-    wid: &'a str,
+    /// Absent only for records about nodes that belong to no workflow.
+    wid: Option<&'a str>,
     aud: Vec<String>,
     parent: &'a str,
     ext: Map<String, Value>,

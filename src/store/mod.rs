@@ -18,6 +18,7 @@ use crate::rollback::model::{
     RollbackRecord, RollbackStatus, StepRecord,
 };
 
+pub mod cascade;
 mod common;
 pub mod postgres;
 pub mod sqlite;
@@ -176,7 +177,7 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: cascade::CascadeStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

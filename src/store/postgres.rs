@@ -9,6 +9,7 @@
 //! are claimed with `FOR UPDATE SKIP LOCKED`, and every time comes from the database clock (see
 //! the rollback section below).
 
+mod cascade;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
