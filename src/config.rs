@@ -294,6 +294,9 @@ pub struct CascadeConfig {
     pub min_reporters: usize,
     /// Ingested nodes waiting for detection before new ones are dropped.
     pub queue: usize,
+    /// Workflows (ids, or `*` for every one) whose cascades start a `sub_dag` rollback from
+    /// the root cause at once.
+    pub auto_rollback: Vec<String>,
 }
 
 impl Default for CascadeConfig {
@@ -303,6 +306,7 @@ impl Default for CascadeConfig {
             escalate_above_agents: 3,
             min_reporters: 2,
             queue: 10_000,
+            auto_rollback: Vec::new(),
         }
     }
 }

@@ -120,6 +120,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
             window_s: i64::try_from(config.cascade.window_s).unwrap_or(i64::MAX),
             min_reporters: config.cascade.min_reporters,
             queue: config.cascade.queue,
+            auto_rollback: config.cascade.auto_rollback.clone(),
         },
     );
     let detector = tokio::spawn(detector.run(detection_rx, std::future::pending::<()>()));

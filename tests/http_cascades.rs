@@ -278,3 +278,45 @@ async fn breadth_first_propagation_needs_three_failing_siblings() {
         assert_eq!(status, 422, "{}", s.name);
     }
 }
+
+#[tokio::test]
+async fn a_cascade_in_an_auto_rollback_workflow_rolls_back_from_its_root_cause() {
+    use common::agents::{Log, TERMINAL, short, start_agent, wait_for};
+    let auto = |c: &mut unwind::config::Config| {
+        short(c);
+        c.cascade.auto_rollback = vec!["*".into()];
+    };
+    for s in servers_with(auto).await {
+        let log: Log = Default::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        let w = wid();
+        let (cp, t_cp) = a.checkpoint(&w, &[]).await;
+        let (e1, t_e1) = a.action(&w, "fetch_failed", std::slice::from_ref(&cp));
+        let (e2, e3) = (id("e2"), id("e3"));
+        s.ingest_ok(&[t_cp, t_e1]).await;
+        s.ingest_ok(&[token(&s, "b", &e2, &w, "error", &[&e1], 0)])
+            .await;
+        s.ingest_ok(&[token(&s, "c", &e3, &w, "error", &[&e2], 0)])
+            .await;
+        let items = wait_alert(&s, &w, &e1).await;
+        let alert = &items[0];
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let id = loop {
+            let (_, page) = s.get_json(&format!("/v1/rollbacks?wid={w}")).await;
+            if let Some(rb) = page["items"].as_array().and_then(|i| i.first()) {
+                break rb["rollback_id"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "{}: no rollback started", s.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        assert_eq!(done["checkpoint_id"], json!(cp), "{done}");
+        assert_eq!(done["scope"], "sub_dag", "{done}");
+        assert_eq!(done["requested_by"], "unwind:cascade", "{done}");
+        let reason = done["reason"].as_str().unwrap();
+        assert!(reason.contains(alert["id"].as_str().unwrap()), "{done}");
+        assert_eq!(a.calls(), (1, 1), "{}", s.name);
+    }
+}

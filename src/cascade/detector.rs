@@ -15,7 +15,9 @@ use super::detect::{self, Detection, Node};
 use crate::dag::WorkflowGraph;
 use crate::ect::VerifiedEct;
 use crate::ledger::{IngestObserver, Ledger};
+use crate::rollback::Scope;
 use crate::rollback::evidence::EvidenceSigner;
+use crate::rollback::request::{Requester, RollbackRequest, submit};
 use crate::store::cascade::{CascadeAlert, NewCascadeAlert};
 use crate::store::{EctRecord, Store, StoreError};
 
@@ -27,7 +29,18 @@ pub struct CascadeSettings {
     /// Nodes waiting for detection; beyond this, new ones are dropped (and counted) rather
     /// than slowing ingest down.
     pub queue: usize,
+    /// Workflows (or `*`) whose cascades start a rollback from the root cause.
+    pub auto_rollback: Vec<String>,
 }
+
+impl CascadeSettings {
+    fn rolls_back(&self, wid: Option<&str>) -> bool {
+        wid.is_some_and(|wid| self.auto_rollback.iter().any(|w| w == "*" || w == wid))
+    }
+}
+
+/// Who asks for the rollbacks that the auto-rollback policy starts.
+pub const CASCADE_REQUESTER: &str = "unwind:cascade";
 
 /// The ingest side of detection: hands error nodes and breaker reports to the task.
 pub struct DetectionQueue {
@@ -240,11 +253,44 @@ impl CascadeDetector {
             agents = alert.alert.affected_agents.len(),
             "cascade detected"
         );
+        if self.settings.rolls_back(alert.alert.wid.as_deref()) {
+            self.roll_back(&alert.alert).await;
+        }
         let raised = RaisedAlert { alert };
         if let Some(sink) = &self.on_raised {
             let _ = sink.send(raised.clone());
         }
         Ok(Some(raised))
+    }
+
+    /// The auto-rollback policy: a `sub_dag` rollback from the root cause's nearest
+    /// checkpoint. Its id derives from the alert's, so asking again (a restart, another
+    /// replica) is the same request. A refusal (no checkpoint above the root cause, a broader
+    /// rollback already running) is logged: the alert stands either way.
+    async fn roll_back(&self, alert: &NewCascadeAlert) {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, alert.id.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_ref()[..16]);
+        let id = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+        let request = RollbackRequest {
+            rollback_id: Some(format!("urn:uuid:{id}")),
+            checkpoint_id: None,
+            trigger_ect: Some(alert.root_cause_ect.clone()),
+            scope: Some(Scope::SubDag),
+            reason: Some(format!("cascade {} ({})", alert.id, alert.pattern)),
+            on_cannot_prepare: None,
+        };
+        let requester = Requester::Operator {
+            principal: CASCADE_REQUESTER.into(),
+        };
+        match submit(self.store.as_ref(), &request, &requester).await {
+            Ok(outcome) => {
+                tracing::info!(cascade_id = %alert.id, ?outcome, "cascade rollback requested")
+            }
+            Err(e) => {
+                tracing::warn!(cascade_id = %alert.id, error = %e, "cascade rollback not started")
+            }
+        }
     }
 
     /// Records an alert's ECT in the ledger, then marks it recorded.
