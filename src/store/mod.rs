@@ -13,12 +13,14 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
+pub use hitl::HitlStore;
 use crate::rollback::model::{
     CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
     RollbackRecord, RollbackStatus, StepRecord,
 };
 
 mod common;
+pub mod hitl;
 pub mod postgres;
 pub mod sqlite;
 mod tcp_nodelay;
@@ -176,7 +178,7 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: HitlStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.
