@@ -13,6 +13,7 @@ pub mod config;
 pub mod dag;
 pub mod ect;
 pub mod ledger;
+pub mod hitl;
 pub mod rollback;
 pub mod service;
 pub mod store;

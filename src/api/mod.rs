@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod ects;
+pub mod escalations;
 pub mod ops;
 pub mod problem;
 pub mod rollbacks;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// Drives rollbacks; woken when a request or a decision arrives.
     pub coordinator: Option<Arc<crate::rollback::driver::Coordinator>>,
     pub rollback_limiter: Arc<rollbacks::RequestLimiter>,
+    /// Escalations and operator decisions.
+    pub hitl: Arc<crate::hitl::Hitl>,
 }
 
 #[derive(OpenApi)]
@@ -58,6 +61,7 @@ pub struct AppState {
         (name = "ledger", description = "Ingest and read Execution Context Tokens"),
         (name = "workflows", description = "Workflow DAGs and blast radius"),
         (name = "rollbacks", description = "Two-phase rollbacks, their progress and decisions"),
+        (name = "escalations", description = "Escalations to people and webhook deliveries"),
         (name = "operations", description = "Health, readiness, metrics and keys"),
     )
 )]
@@ -87,6 +91,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(ects::router())
         .merge(workflows::router())
         .merge(rollbacks::router())
+        .merge(escalations::router())
         .merge(ops::router())
 }
 

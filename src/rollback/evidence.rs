@@ -277,6 +277,29 @@ impl EvidenceSigner {
         }
     }
 
+    /// Another coordinator ECT about `wid` (e.g. `hitl_decision`), child of `parent`, addressed
+    /// to the coordinator itself.
+    pub fn coordinator_ect(
+        &self,
+        exec_act: &str,
+        wid: &str,
+        parent: &str,
+        ext: Map<String, Value>,
+        now: i64,
+    ) -> Result<Evidence, KeyError> {
+        self.sign(
+            Unsigned {
+                exec_act,
+                wid,
+                aud: vec![self.coordinator_id.clone()],
+                parent,
+                ext,
+                jti: None,
+            },
+            now,
+        )
+    }
+
     /// One coordinator ECT; every one Unwind signs has exactly one parent.
     fn sign(&self, unsigned: Unsigned<'_>, now: i64) -> Result<Evidence, KeyError> {
         let Unsigned {
