@@ -209,6 +209,13 @@ pub fn checkpoint_claims(
 }
 
 impl TestServer {
+    /// Stops serving and both workers, as a stopped process would; the database stays.
+    pub fn stop(&self) {
+        self.task.abort();
+        self.worker.abort();
+        self.delivery.abort();
+    }
+
     pub fn sign(&self, claims: &Map<String, Value>) -> String {
         self.agent_key.sign_ect(claims, Profile::Draft00).unwrap()
     }
