@@ -533,8 +533,7 @@ impl Config {
                 "must be between 0 and 1",
             ));
         }
-        if self.hitl.timeout_ms == 0 || self.hitl.retry_initial_ms == 0 || self.hitl.poll_ms == 0
-        {
+        if self.hitl.timeout_ms == 0 || self.hitl.retry_initial_ms == 0 || self.hitl.poll_ms == 0 {
             return Err(key_error(
                 "hitl.timeout_ms",
                 "must be above 0 (and hitl.retry_initial_ms, hitl.poll_ms too)",

@@ -32,7 +32,11 @@ async fn event(r: &Receiver, id: &str, event_type: &str) -> Value {
         for got in r.received() {
             let body: Value = serde_json::from_str(&got.body).unwrap();
             if body["type"] == event_type && body["rollback"]["rollback_id"] == id {
-                assert!(signature_verifies(SECRET.as_bytes(), &got.signature, &got.body));
+                assert!(signature_verifies(
+                    SECRET.as_bytes(),
+                    &got.signature,
+                    &got.body
+                ));
                 return body;
             }
         }
@@ -43,7 +47,9 @@ async fn event(r: &Receiver, id: &str, event_type: &str) -> Value {
 
 /// The `hitl_decision` ECT of rollback `id`, checked against the coordinator's keys.
 async fn decision_ect(s: &TestServer, id: &str) -> Value {
-    let (status, body) = s.get_json("/v1/ects?exec_act=hitl_decision&limit=1000").await;
+    let (status, body) = s
+        .get_json("/v1/ects?exec_act=hitl_decision&limit=1000")
+        .await;
     assert_eq!(status, 200, "{body}");
     let ect = body["items"]
         .as_array()
@@ -65,14 +71,25 @@ async fn decision_ect(s: &TestServer, id: &str) -> Value {
 }
 
 async fn awaiting(s: &TestServer, id: &str) -> Value {
-    let r = wait_for(s, id, &["awaiting_decision", "completed", "partial", "failed"]).await;
+    let r = wait_for(
+        s,
+        id,
+        &["awaiting_decision", "completed", "partial", "failed"],
+    )
+    .await;
     assert_eq!(r["status"], "awaiting_decision", "{}: {r}", s.name);
     r
 }
 
 async fn decide_409(s: &TestServer, id: &str, context: &str) {
     for d in ["proceed_partial", "abort", "retry"] {
-        assert_problem(decide(s, id, d).await, 409, "not_awaiting_decision", context).await;
+        assert_problem(
+            decide(s, id, d).await,
+            409,
+            "not_awaiting_decision",
+            context,
+        )
+        .await;
     }
 }
 
@@ -98,13 +115,19 @@ async fn a_critical_cannot_prepare_awaits_a_decision_and_each_decision_is_record
             assert_eq!(esc["decision"], Value::Null);
             let ev = event(&receiver, &id, "rollback.awaiting_decision").await;
             let url = ev["decision_url"].as_str().unwrap();
-            assert!(url.ends_with(&format!("/v1/rollbacks/{id}/decision")), "{ev}");
+            assert!(
+                url.ends_with(&format!("/v1/rollbacks/{id}/decision")),
+                "{ev}"
+            );
             assert_eq!(ev["rollback"]["status"], "awaiting_decision", "{ev}");
 
             // The resolve route refuses what needs a decision.
             let r = s
                 .client
-                .post(s.url(&format!("/v1/escalations/{}/resolve", esc["id"].as_str().unwrap())))
+                .post(s.url(&format!(
+                    "/v1/escalations/{}/resolve",
+                    esc["id"].as_str().unwrap()
+                )))
                 .bearer_auth(OPERATOR_TOKEN)
                 .json(&json!({}))
                 .send()
@@ -144,9 +167,17 @@ async fn a_critical_cannot_prepare_awaits_a_decision_and_each_decision_is_record
             assert_eq!(ext["cascade.decision"], decision, "{ect}");
             assert_eq!(ext["cascade.decided_by"], "operator:ops", "{ect}");
             assert_eq!(ext["cascade.comment"], "checked with the owner", "{ect}");
-            assert_eq!(ext["cascade.escalation_ids"], json!([esc[0]["id"]]), "{ect}");
+            assert_eq!(
+                ext["cascade.escalation_ids"],
+                json!([esc[0]["id"]]),
+                "{ect}"
+            );
             assert_eq!(ect["wid"], wid.as_str(), "{ect}");
-            assert_eq!(ect["par"], json!([waiting["evidence"]["rollback_start"]]), "{ect}");
+            assert_eq!(
+                ect["par"],
+                json!([waiting["evidence"]["rollback_start"]]),
+                "{ect}"
+            );
 
             match decision {
                 "abort" => {
@@ -155,7 +186,11 @@ async fn a_critical_cannot_prepare_awaits_a_decision_and_each_decision_is_record
                 "proceed_partial" => {
                     event(&receiver, &id, "rollback.failed").await;
                     let open = escalations(&s, "?status=open").await;
-                    assert_eq!(of_rollback(&open, &id, "failed_rollback").len(), 1, "{open:?}");
+                    assert_eq!(
+                        of_rollback(&open, &id, "failed_rollback").len(),
+                        1,
+                        "{open:?}"
+                    );
                 }
                 _ => {}
             }
@@ -191,7 +226,10 @@ async fn irreversible_and_partial_rollbacks_escalate_and_resolve() {
         let open = escalations(&s, "?status=open").await;
         let irr = of_rollback(&open, &id, "irreversible_checkpoint");
         assert_eq!(irr.len(), 1, "{}: {open:?}", s.name);
-        assert_eq!(irr[0]["detail"]["checkpoints"][0]["checkpoint_id"], jti.as_str());
+        assert_eq!(
+            irr[0]["detail"]["checkpoints"][0]["checkpoint_id"],
+            jti.as_str()
+        );
         let ev = event(&receiver, &id, "checkpoint.irreversible").await;
         assert_eq!(ev["escalation"]["kind"], "irreversible_checkpoint", "{ev}");
         assert_eq!(ev["decision_url"], Value::Null, "{ev}");
@@ -210,14 +248,26 @@ async fn irreversible_and_partial_rollbacks_escalate_and_resolve() {
             rq.send()
         };
         assert_problem(post(None).await.unwrap(), 401, "unauthenticated", s.name).await;
-        assert_problem(post(Some(READER_TOKEN)).await.unwrap(), 403, "forbidden", s.name).await;
+        assert_problem(
+            post(Some(READER_TOKEN)).await.unwrap(),
+            403,
+            "forbidden",
+            s.name,
+        )
+        .await;
         let r = post(Some(OPERATOR_TOKEN)).await.unwrap();
         assert_eq!(r.status(), 200, "{}", s.name);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["status"], "resolved", "{body}");
         assert_eq!(body["decided_by"], "operator:ops", "{body}");
         assert_eq!(body["decision"], Value::Null, "{body}");
-        assert_problem(post(Some(OPERATOR_TOKEN)).await.unwrap(), 409, "not_open", s.name).await;
+        assert_problem(
+            post(Some(OPERATOR_TOKEN)).await.unwrap(),
+            409,
+            "not_open",
+            s.name,
+        )
+        .await;
         let r = s
             .client
             .post(s.url("/v1/escalations/nope/resolve"))
@@ -231,7 +281,12 @@ async fn irreversible_and_partial_rollbacks_escalate_and_resolve() {
         // Listing needs a token; a reader may list.
         let r = s.client.get(s.url("/v1/escalations")).send().await.unwrap();
         assert_problem(r, 401, "unauthenticated", s.name).await;
-        let r = s.client.get(s.url("/v1/webhook-deliveries")).send().await.unwrap();
+        let r = s
+            .client
+            .get(s.url("/v1/webhook-deliveries"))
+            .send()
+            .await
+            .unwrap();
         assert_problem(r, 401, "unauthenticated", s.name).await;
         let all = escalations(&s, "?limit=1").await;
         assert_eq!(all.len(), 1);
@@ -252,6 +307,10 @@ async fn a_decision_is_refused_while_a_rollback_runs() {
         let done = wait_for(&s, &id, TERMINAL).await;
         assert_eq!(done["status"], "completed", "{done}");
         decide_409(&s, &id, s.name).await;
-        assert!(escalations(&s, "").await.is_empty(), "{}: a completed rollback escalates nothing", s.name);
+        assert!(
+            escalations(&s, "").await.is_empty(),
+            "{}: a completed rollback escalates nothing",
+            s.name
+        );
     }
 }

@@ -150,7 +150,10 @@ impl Deliverer {
         let attempted_at = chrono::Utc::now();
         let started = Instant::now();
         let (http_status, error) = match self.targets.get(&d.url) {
-            None => (None, Some("this webhook is no longer configured".to_string())),
+            None => (
+                None,
+                Some("this webhook is no longer configured".to_string()),
+            ),
             Some(target) => {
                 let header = signature::header_value(
                     target.secret(),

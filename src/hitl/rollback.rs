@@ -31,7 +31,11 @@ impl Escalations {
         }
         let view = RollbackView::new(rb.clone(), steps.to_vec());
         self.raise_with(
-            new(rb, EscalationKind::IrreversibleCheckpoint, json!({"checkpoints": irreversible})),
+            new(
+                rb,
+                EscalationKind::IrreversibleCheckpoint,
+                json!({"checkpoints": irreversible}),
+            ),
             Some(&view),
         )
         .await

@@ -41,7 +41,8 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now: i64, tolerance_s: i
     let signed = format!("{t}.");
     let mut message = signed.into_bytes();
     message.extend_from_slice(body);
-    v1.iter().any(|sig| hmac::verify(&key, &message, sig).is_ok())
+    v1.iter()
+        .any(|sig| hmac::verify(&key, &message, sig).is_ok())
 }
 
 #[cfg(test)]

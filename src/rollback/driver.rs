@@ -22,8 +22,8 @@ use super::model::{
     ExecuteStatus, Lease, PrepareStatus, RollbackFilter, RollbackRecord, RollbackStatus, StepError,
     StepRecord,
 };
-use crate::hitl::Escalations;
 use crate::agents::{AgentClient, ExecuteAnswer, ExecuteResult, Final, PrepareAnswer, StepCall};
+use crate::hitl::Escalations;
 use crate::ledger::Ledger;
 use crate::store::{Store, StoreError};
 

@@ -302,7 +302,9 @@ pub(crate) const ATTEMPT_COLUMNS: &str = "a.seq, o.event_id, o.event_type, o.url
 pub(crate) fn detail_text(detail: &Value) -> Result<String, StoreError> {
     let text = detail.to_string();
     if text.contains("\\u0000") {
-        return Err(StoreError::Invalid("NUL character in escalation detail".into()));
+        return Err(StoreError::Invalid(
+            "NUL character in escalation detail".into(),
+        ));
     }
     Ok(text)
 }

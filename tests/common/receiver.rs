@@ -91,7 +91,11 @@ impl Drop for Receiver {
     }
 }
 
-async fn hook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> impl IntoResponse {
+async fn hook(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
     let get = |name: &str| {
         headers
             .get(name)

@@ -22,7 +22,10 @@ const COLUMNS: &str = "seq, id, kind, status, wid, rollback_id, cascade_id, \
 const RESOLVE_SET: &str = "status = 'resolved', resolved_at = ?5, decision = ?1, \
      decided_by = ?2, comment = ?3";
 
-async fn insert_events(tx: &mut SqliteConnection, events: &[OutboxEvent]) -> Result<(), StoreError> {
+async fn insert_events(
+    tx: &mut SqliteConnection,
+    events: &[OutboxEvent],
+) -> Result<(), StoreError> {
     let now = common::now();
     for e in events {
         sqlx::query(
