@@ -269,11 +269,31 @@ impl Default for CircuitConfig {
     }
 }
 
-/// `[hitl]`: human escalation webhooks.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// `[hitl]`: human escalation webhooks and their delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HitlConfig {
     pub webhooks: Vec<WebhookConfig>,
+    /// Delay before the first retry of a failed delivery; doubled per attempt (with jitter).
+    pub retry_initial_ms: u64,
+    /// Longest delay between two attempts of one delivery.
+    pub retry_max_s: u64,
+    /// Timeout of one webhook POST (connect and answer).
+    pub timeout_ms: u64,
+    /// How often the delivery worker looks for due deliveries when nothing wakes it.
+    pub poll_ms: u64,
+}
+
+impl Default for HitlConfig {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            retry_initial_ms: 1000,
+            retry_max_s: 300,
+            timeout_ms: 5000,
+            poll_ms: 1000,
+        }
+    }
 }
 
 /// `[[hitl.webhooks]]`.
@@ -518,6 +538,18 @@ impl Config {
             return Err(key_error(
                 "circuit.error_threshold",
                 "must be between 0 and 1",
+            ));
+        }
+        if self.hitl.timeout_ms == 0 || self.hitl.retry_initial_ms == 0 || self.hitl.poll_ms == 0 {
+            return Err(key_error(
+                "hitl.timeout_ms",
+                "must be above 0 (and hitl.retry_initial_ms, hitl.poll_ms too)",
+            ));
+        }
+        if self.hitl.retry_max_s.saturating_mul(1000) < self.hitl.retry_initial_ms {
+            return Err(key_error(
+                "hitl.retry_max_s",
+                "must not be shorter than hitl.retry_initial_ms",
             ));
         }
         for (i, hook) in self.hitl.webhooks.iter().enumerate() {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod dag;
 pub mod ect;
+pub mod hitl;
 pub mod ledger;
 pub mod rollback;
 pub mod service;

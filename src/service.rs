@@ -16,6 +16,7 @@ use crate::api::{AppState, Authenticator};
 use crate::cascade::{CascadeDetector, CascadeSettings, DetectionQueue};
 use crate::config::{Config, Role};
 use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
+use crate::hitl::{Decisions, Deliverer, DeliverySettings, Escalations, Hitl};
 use crate::ledger::Ledger;
 use crate::rollback::driver::{Coordinator, DriverSettings};
 use crate::rollback::evidence::EvidenceSigner;
@@ -45,6 +46,8 @@ pub struct Prepared {
     pub state: AppState,
     /// The rollback worker; `run` starts it beside the server.
     pub coordinator: Arc<Coordinator>,
+    /// The webhook delivery worker; `run` starts it beside the server.
+    pub deliverer: Arc<Deliverer>,
     /// Lines worth showing the operator at start (where the key and token are).
     pub notices: Vec<String>,
     /// The cascade detection task, started by `prepare`.
@@ -111,6 +114,27 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         config.rollback.evidence_ttl_s,
     )
     .with_token_limit(config.ect.max_token_bytes);
+    let owner = format!("{}/{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    // Secrets are resolved now: a missing one stops the start, naming its key.
+    let targets = crate::hitl::webhook::resolve(&config.hitl, |var| std::env::var(var).ok())?;
+    let delivery_wake = Arc::new(tokio::sync::Notify::new());
+    let escalations = Arc::new(Escalations::new(
+        store.clone(),
+        targets.iter().map(|t| t.url.clone()).collect(),
+        config.public_url(),
+        delivery_wake.clone(),
+    ));
+    let deliverer = Deliverer::new(
+        store.clone(),
+        targets,
+        DeliverySettings::from_config(&config.hitl, owner.clone()),
+        delivery_wake,
+    )
+    .map_err(|e| ServiceError::Trust(format!("webhook client: {e}")))?;
+    let hitl = Arc::new(Hitl {
+        escalations: escalations.clone(),
+        decisions: Decisions::new(store.clone(), ledger.clone(), evidence.clone()),
+    });
     // Detection runs for as long as the runtime: the ledger it records into holds its queue.
     let detector = CascadeDetector::new(
         store.clone(),
@@ -121,16 +145,19 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
             min_reporters: config.cascade.min_reporters,
             queue: config.cascade.queue,
             auto_rollback: config.cascade.auto_rollback.clone(),
+            escalate_above_agents: config.cascade.escalate_above_agents,
         },
-    );
+    )
+    .escalating_to(escalations.clone());
     let detector = tokio::spawn(detector.run(detection_rx, std::future::pending::<()>()));
     let coordinator = Coordinator::new(
         store.clone(),
         ledger.clone(),
         Arc::new(agents),
         evidence,
+        escalations,
         DriverSettings {
-            owner: format!("{}/{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            owner,
             lease: Duration::from_secs(config.rollback.lease_s),
             max_concurrency: config.rollback.max_concurrency,
             step_deadline: Duration::from_secs(config.rollback.step_deadline_s),
@@ -156,10 +183,12 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         metrics: metrics_handle(),
         coordinator: Some(coordinator.clone()),
         rollback_limiter,
+        hitl,
     };
     Ok(Prepared {
         state,
         coordinator,
+        deliverer,
         notices,
         detector,
     })
@@ -190,6 +219,12 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }))
     };
+    let delivery = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(prepared.deliverer.run(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    };
     let mut rx = stop_rx;
     tokio::spawn(async move {
         shutdown.await;
@@ -201,6 +236,7 @@ pub async fn run(
     .await
     .map_err(ServiceError::Serve)?;
     let _ = worker.await;
+    let _ = delivery.await;
     tracing::info!("stopped");
     Ok(())
 }

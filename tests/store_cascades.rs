@@ -107,6 +107,34 @@ async fn alerts_are_unique_per_pattern_and_root_cause() {
             .await
             .unwrap();
         assert_eq!(again, None, "{}", ts.name);
+        // The cascade spreads: new agents widen the alert, known ones do not.
+        let known = vec!["spiffe://x/b".to_string()];
+        assert_eq!(
+            s.widen_cascade_alert("depth_first", "r", &known)
+                .await
+                .unwrap(),
+            None,
+            "{}",
+            ts.name
+        );
+        let more = vec!["spiffe://x/c".to_string(), "spiffe://x/a".to_string()];
+        let wider = s
+            .widen_cascade_alert("depth_first", "r", &more)
+            .await
+            .unwrap()
+            .expect("grew");
+        assert_eq!(
+            wider.alert.affected_agents,
+            ["spiffe://x/a", "spiffe://x/b", "spiffe://x/c"],
+            "{}",
+            ts.name
+        );
+        assert_eq!(
+            s.widen_cascade_alert("breadth_first", "nowhere", &more)
+                .await
+                .unwrap(),
+            None
+        );
         // Another pattern at the same root is another cascade.
         s.insert_cascade_alert(&alert("c3", "breadth_first", "r"))
             .await
@@ -128,6 +156,7 @@ async fn alerts_are_unique_per_pattern_and_root_cause() {
         let page = s.list_cascade_alerts(Some("w"), None, 1).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.items[0].alert.id, "c1");
+        assert_eq!(page.items[0].alert.affected_agents.len(), 3, "{}", ts.name);
         assert!(page.items[0].recorded);
         let rest = s
             .list_cascade_alerts(Some("w"), page.next_cursor.as_deref(), 10)

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cascades;
 pub mod ects;
+pub mod escalations;
 pub mod ops;
 pub mod problem;
 pub mod rollbacks;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Drives rollbacks; woken when a request or a decision arrives.
     pub coordinator: Option<Arc<crate::rollback::driver::Coordinator>>,
     pub rollback_limiter: Arc<rollbacks::RequestLimiter>,
+    /// Escalations and operator decisions.
+    pub hitl: Arc<crate::hitl::Hitl>,
 }
 
 #[derive(OpenApi)]
@@ -60,6 +63,7 @@ pub struct AppState {
         (name = "workflows", description = "Workflow DAGs and blast radius"),
         (name = "rollbacks", description = "Two-phase rollbacks, their progress and decisions"),
         (name = "cascades", description = "Cascades detected over the ledger"),
+        (name = "escalations", description = "Escalations to people and webhook deliveries"),
         (name = "operations", description = "Health, readiness, metrics and keys"),
     )
 )]
@@ -90,6 +94,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(workflows::router())
         .merge(rollbacks::router())
         .merge(cascades::router())
+        .merge(escalations::router())
         .merge(ops::router())
 }
 

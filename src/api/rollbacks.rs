@@ -420,26 +420,32 @@ async fn decide(
         Decision::Abort => ("abort", RollbackStatus::Executing),
         Decision::Retry => ("retry", RollbackStatus::Preparing),
     };
+    let resolution = crate::store::hitl::Resolution {
+        decision: Some(name.to_string()),
+        decided_by: caller.principal(),
+        comment: body.comment.map(|c| c.chars().take(1000).collect()),
+    };
     let mut result = Map::new();
     result.insert("pending_decision".into(), json!(name));
     result.insert("decision".into(), json!(name));
-    result.insert("decided_by".into(), json!(caller.principal()));
+    result.insert("decided_by".into(), json!(resolution.decided_by));
     result.insert(
         "decided_at".into(),
         json!(super::rfc3339(chrono::Utc::now())),
     );
-    if let Some(comment) = body.comment {
-        result.insert(
-            "comment".into(),
-            json!(comment.chars().take(1000).collect::<String>()),
-        );
+    if let Some(comment) = &resolution.comment {
+        result.insert("comment".into(), json!(comment));
     }
     match state
         .store
         .transition_rollback(&id, RollbackStatus::AwaitingDecision, to, result)
         .await?
     {
-        Some(_) => {
+        Some(decided) => {
+            // The decision stands once applied; its record failing is logged, not undone.
+            if let Err(e) = state.hitl.decisions.record(&decided, &resolution).await {
+                tracing::error!(rollback_id = %id, error = %e, "decision applied but not recorded");
+            }
             if let Some(c) = &state.coordinator {
                 c.wake();
             }

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::detect::{self, Detection, Node};
+use crate::api::cascades::CascadeView;
 use crate::dag::WorkflowGraph;
 use crate::ect::VerifiedEct;
+use crate::hitl::{Escalations, NewEscalation};
 use crate::ledger::{IngestObserver, Ledger};
 use crate::rollback::Scope;
 use crate::rollback::evidence::EvidenceSigner;
 use crate::rollback::request::{Requester, RollbackRequest, submit};
 use crate::store::cascade::{CascadeAlert, NewCascadeAlert};
+use crate::store::hitl::EscalationKind;
 use crate::store::{EctRecord, Store, StoreError};
 
 /// How detection behaves (`[cascade]`).
@@ -31,6 +34,8 @@ pub struct CascadeSettings {
     pub queue: usize,
     /// Workflows (or `*`) whose cascades start a rollback from the root cause.
     pub auto_rollback: Vec<String>,
+    /// A cascade involving more agents than this escalates to a person.
+    pub escalate_above_agents: usize,
 }
 
 impl CascadeSettings {
@@ -88,6 +93,8 @@ pub enum DetectError {
     Store(#[from] StoreError),
     #[error("cascade evidence: {0}")]
     Evidence(String),
+    #[error("cascade escalation: {0}")]
+    Escalation(String),
 }
 
 /// Runs detection for one process.
@@ -96,8 +103,10 @@ pub struct CascadeDetector {
     ledger: Arc<Ledger>,
     signer: EvidenceSigner,
     settings: CascadeSettings,
-    /// Told of every alert raised here (escalation, webhooks).
+    /// Told of every alert raised here.
     on_raised: Option<mpsc::UnboundedSender<RaisedAlert>>,
+    /// Where cascades above the threshold escalate.
+    escalations: Option<Arc<Escalations>>,
 }
 
 impl CascadeDetector {
@@ -113,7 +122,15 @@ impl CascadeDetector {
             signer,
             settings,
             on_raised: None,
+            escalations: None,
         }
+    }
+
+    /// Escalates cascades above `escalate_above_agents` through `escalations` (a `cascade`
+    /// escalation and its `cascade.detected` webhook event).
+    pub fn escalating_to(mut self, escalations: Arc<Escalations>) -> Self {
+        self.escalations = Some(escalations);
+        self
     }
 
     /// Sends every alert raised by this detector to `sink`.
@@ -203,6 +220,15 @@ impl CascadeDetector {
             .cascade_alert_exists(pattern, &d.root_cause)
             .await?
         {
+            // The same cascade, seen again: it may have spread to more agents, enough to
+            // escalate now.
+            if let Some(wider) = self
+                .store
+                .widen_cascade_alert(pattern, &d.root_cause, &d.affected_agents)
+                .await?
+            {
+                self.escalate(&wider).await?;
+            }
             return Ok(None);
         }
         let nodes = match &d.wid {
@@ -293,7 +319,9 @@ impl CascadeDetector {
         }
     }
 
-    /// Records an alert's ECT in the ledger, then marks it recorded.
+    /// Records an alert's ECT in the ledger and escalates it when it is large enough, then
+    /// marks it recorded; after a crash both are repeated (the ledger and the escalation's
+    /// dedup rule make that harmless).
     async fn record(&self, alert: &CascadeAlert) -> Result<(), DetectError> {
         let results = self
             .ledger
@@ -310,9 +338,33 @@ impl CascadeDetector {
             }
             None => return Err(DetectError::Evidence("no ingest result".into())),
         }
+        self.escalate(alert).await?;
         self.store
             .mark_cascade_alert_recorded(&alert.alert.id)
             .await?;
+        Ok(())
+    }
+
+    async fn escalate(&self, stored: &CascadeAlert) -> Result<(), DetectError> {
+        let alert = &stored.alert;
+        let (Some(escalations), Some(wid)) = (&self.escalations, &alert.wid) else {
+            return Ok(());
+        };
+        if alert.affected_agents.len() <= self.settings.escalate_above_agents {
+            return Ok(());
+        }
+        let detail = serde_json::to_value(CascadeView::from(stored.clone()))
+            .map_err(|e| DetectError::Escalation(e.to_string()))?;
+        escalations
+            .raise(NewEscalation {
+                kind: EscalationKind::Cascade,
+                wid: wid.clone(),
+                rollback_id: None,
+                cascade_id: Some(alert.id.clone()),
+                detail,
+            })
+            .await
+            .map_err(|e| DetectError::Escalation(e.to_string()))?;
         Ok(())
     }
 

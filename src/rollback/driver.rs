@@ -23,6 +23,7 @@ use super::model::{
     StepRecord,
 };
 use crate::agents::{AgentClient, ExecuteAnswer, ExecuteResult, Final, PrepareAnswer, StepCall};
+use crate::hitl::Escalations;
 use crate::ledger::Ledger;
 use crate::store::{Store, StoreError};
 
@@ -50,6 +51,8 @@ pub enum DriveError {
     Store(#[from] StoreError),
     #[error("evidence: {0}")]
     Evidence(String),
+    #[error("escalation: {0}")]
+    Hitl(#[from] crate::hitl::HitlError),
 }
 
 /// Result key under which a signed-but-not-yet-recorded evidence token is kept.
@@ -62,6 +65,8 @@ pub struct Coordinator {
     ledger: Arc<Ledger>,
     agents: Arc<AgentClient>,
     evidence: EvidenceSigner,
+    /// Raises escalations and webhook events at the states a person must know about.
+    escalations: Arc<Escalations>,
     settings: DriverSettings,
     wake: Notify,
 }
@@ -72,6 +77,7 @@ impl Coordinator {
         ledger: Arc<Ledger>,
         agents: Arc<AgentClient>,
         evidence: EvidenceSigner,
+        escalations: Arc<Escalations>,
         settings: DriverSettings,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -79,6 +85,7 @@ impl Coordinator {
             ledger,
             agents,
             evidence,
+            escalations,
             settings,
             wake: Notify::new(),
         })
@@ -508,6 +515,9 @@ impl Coordinator {
             }
         }
         self.store.update_steps(lease, &settled).await?;
+        if settled.iter().any(|s| !s.reversible) {
+            self.escalations.irreversible_found(rb, steps).await?;
+        }
 
         let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
         let mut inflight = InFlight::new();
@@ -591,6 +601,7 @@ impl Coordinator {
             }
         };
         rb.status = next;
+        self.escalations.rollback_reached(rb, steps).await?;
         self.save(lease, rb).await?;
         Ok(())
     }
@@ -732,6 +743,7 @@ impl Coordinator {
         }
         if critical_failed {
             rb.status = RollbackStatus::AwaitingDecision;
+            self.escalations.rollback_reached(rb, steps).await?;
             self.save(lease, rb).await?;
             return Ok(());
         }
@@ -887,6 +899,7 @@ impl Coordinator {
             .and_then(Value::as_str)
             .and_then(RollbackStatus::parse)
             .unwrap_or(status);
+        self.escalations.rollback_reached(rb, steps).await?;
         self.save(lease, rb).await?;
         metrics::counter!("unwind_rollbacks_total", "status" => rb.status.as_str()).increment(1);
         tracing::info!(rollback_id = %rb.rollback_id, status = rb.status.as_str(), "rollback finished");

@@ -300,12 +300,26 @@ impl EvidenceSigner {
         if listed < agents.len() {
             ext.insert("cascade.omitted".into(), json!(agents.len() - listed));
         }
+        self.coordinator_ect("cascade_detected", wid, root_cause, ext, now)
+    }
+
+    /// Another coordinator ECT about `wid` (e.g. `hitl_decision`), child of `parent`, addressed
+    /// to the coordinator itself. `wid` is absent only for records about nodes that belong to
+    /// no workflow.
+    pub fn coordinator_ect(
+        &self,
+        exec_act: &str,
+        wid: Option<&str>,
+        parent: &str,
+        ext: Map<String, Value>,
+        now: i64,
+    ) -> Result<Evidence, KeyError> {
         self.sign(
             Unsigned {
-                exec_act: "cascade_detected",
+                exec_act,
                 wid,
                 aud: vec![self.coordinator_id.clone()],
-                parent: root_cause,
+                parent,
                 ext,
                 jti: None,
             },

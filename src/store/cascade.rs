@@ -58,6 +58,16 @@ pub trait CascadeStore: Send + Sync {
         root_cause_ect: &str,
     ) -> Result<bool, StoreError>;
 
+    /// Adds `agents` to the affected agents of the alert for this pattern and root cause, in
+    /// one transaction; returns the alert when its set grew (a cascade spreading further),
+    /// `None` when there is no such alert or nothing was new.
+    async fn widen_cascade_alert(
+        &self,
+        pattern: &str,
+        root_cause_ect: &str,
+        agents: &[String],
+    ) -> Result<Option<CascadeAlert>, StoreError>;
+
     /// Stores the alert unless one for the same pattern and root cause exists (then `None`:
     /// another node or replica raised it first).
     async fn insert_cascade_alert(
@@ -119,6 +129,14 @@ impl CascadeAlertRow {
             detected_at: self.detected_at,
         })
     }
+}
+
+/// `known` with `more` added (sorted, each once); `None` when `more` adds nothing.
+pub(crate) fn widened(known: &[String], more: &[String]) -> Option<Vec<String>> {
+    let mut all: std::collections::BTreeSet<&String> = known.iter().collect();
+    let before = all.len();
+    all.extend(more);
+    (all.len() > before).then(|| all.into_iter().cloned().collect())
 }
 
 /// The JSON text of a list column.

@@ -17,9 +17,11 @@ use crate::rollback::model::{
     CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
     RollbackRecord, RollbackStatus, StepRecord,
 };
+pub use hitl::HitlStore;
 
 pub mod cascade;
 mod common;
+pub mod hitl;
 pub mod postgres;
 pub mod sqlite;
 mod tcp_nodelay;
@@ -177,7 +179,7 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: cascade::CascadeStore + Send + Sync + 'static {
+pub trait Store: cascade::CascadeStore + HitlStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

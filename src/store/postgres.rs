@@ -34,6 +34,8 @@ use crate::rollback::model::{
     RollbackRecord, RollbackStatus, StepRecord,
 };
 
+mod hitl;
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const MAX_CONNECTIONS: u32 = 16;

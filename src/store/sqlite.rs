@@ -33,6 +33,8 @@ use crate::rollback::model::{
     RollbackRecord, RollbackStatus, StepRecord,
 };
 
+mod hitl;
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row statement: 15 binds a row keeps a chunk far below SQLite's bind limit.

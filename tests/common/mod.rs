@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod process;
+pub mod receiver;
 pub mod server;
 pub mod tokens;
 

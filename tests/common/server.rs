@@ -33,6 +33,7 @@ pub struct TestServer {
     pub dir: PathBuf,
     task: JoinHandle<()>,
     worker: JoinHandle<()>,
+    delivery: JoinHandle<()>,
     _store: TestStore,
     _tmp: tempfile::TempDir,
 }
@@ -41,6 +42,7 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
         self.worker.abort();
+        self.delivery.abort();
     }
 }
 
@@ -128,6 +130,7 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
             .clone()
             .run(std::future::pending::<()>()),
     );
+    let delivery = tokio::spawn(prepared.deliverer.clone().run(std::future::pending::<()>()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = unwind::api::router(prepared.state);
@@ -150,6 +153,7 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
         dir,
         task,
         worker,
+        delivery,
         _store: test_store,
         _tmp: tmp,
     }
@@ -205,6 +209,13 @@ pub fn checkpoint_claims(
 }
 
 impl TestServer {
+    /// Stops serving and both workers, as a stopped process would; the database stays.
+    pub fn stop(&self) {
+        self.task.abort();
+        self.worker.abort();
+        self.delivery.abort();
+    }
+
     pub fn sign(&self, claims: &Map<String, Value>) -> String {
         self.agent_key.sign_ect(claims, Profile::Draft00).unwrap()
     }

@@ -3,6 +3,7 @@
 use super::{ECT_COLUMNS, SqliteStore};
 use crate::store::cascade::{
     CascadeAlert, CascadeAlertRow, CascadeStore, MAX_ANCESTOR_ROWS, NewCascadeAlert, list_column,
+    widened,
 };
 use crate::store::common::{self, EctRow};
 use crate::store::{EctRecord, Page, StoreError};
@@ -79,6 +80,37 @@ impl CascadeStore for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         Ok(found.is_some())
+    }
+
+    async fn widen_cascade_alert(
+        &self,
+        pattern: &str,
+        root_cause_ect: &str,
+        agents: &[String],
+    ) -> Result<Option<CascadeAlert>, StoreError> {
+        // The single writer: nothing changes the row between the read and the write.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<CascadeAlertRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM cascade_alerts WHERE pattern = ? AND root_cause_ect = ?"
+        )))
+        .bind(pattern)
+        .bind(root_cause_ect)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut alert) = row.map(CascadeAlertRow::into_alert).transpose()? else {
+            return Ok(None);
+        };
+        let Some(all) = widened(&alert.alert.affected_agents, agents) else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE cascade_alerts SET affected_agents = ? WHERE id = ?")
+            .bind(list_column(&all)?)
+            .bind(&alert.alert.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        alert.alert.affected_agents = all;
+        Ok(Some(alert))
     }
 
     async fn insert_cascade_alert(
