@@ -13,6 +13,7 @@
 
 mod answer;
 mod backoff;
+pub mod circuit;
 mod client;
 
 pub use answer::{ExecuteAnswer, ExecuteResult, PrepareAnswer};
