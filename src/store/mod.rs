@@ -13,11 +13,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
+pub use circuits::{CircuitRow, CircuitStore};
 use crate::rollback::model::{
     CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
     RollbackRecord, RollbackStatus, StepRecord,
 };
 
+pub mod circuits;
 mod common;
 pub mod postgres;
 pub mod sqlite;
@@ -176,7 +178,7 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: CircuitStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

@@ -9,6 +9,8 @@
 //! are claimed with `FOR UPDATE SKIP LOCKED`, and every time comes from the database clock (see
 //! the rollback section below).
 
+mod circuits;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! writes go through a pool of exactly one connection, which serialises them in the process;
 //! reads use a separate pool and, thanks to WAL, never wait for the writer.
 
+mod circuits;
+
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
