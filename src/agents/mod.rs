@@ -13,6 +13,8 @@
 
 mod answer;
 mod backoff;
+pub mod breakers;
+pub mod bulkhead;
 pub mod circuit;
 mod client;
 
