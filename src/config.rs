@@ -506,8 +506,7 @@ impl Config {
                 "must be at least 1 (and rollback.max_active too)",
             ));
         }
-        if self.rollback.max_active_per_workflow == 0 || self.rollback.max_calls_per_workflow == 0
-        {
+        if self.rollback.max_active_per_workflow == 0 || self.rollback.max_calls_per_workflow == 0 {
             return Err(key_error(
                 "rollback.max_calls_per_workflow",
                 "must be at least 1 (and rollback.max_active_per_workflow too)",

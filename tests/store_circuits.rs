@@ -54,16 +54,32 @@ async fn rows_round_trip_and_change_only_by_compare_and_set() {
         assert_eq!(stored.state(), unwind::agents::circuit::CircuitState::Open);
 
         // A second insert of the same agent loses: another replica opened it first.
-        assert_eq!(store.put_circuit(&open_row("a"), 0).await.unwrap(), None, "{name}");
+        assert_eq!(
+            store.put_circuit(&open_row("a"), 0).await.unwrap(),
+            None,
+            "{name}"
+        );
 
         // The half-open claim: of two writers that read version 1, one wins.
         let claim = CircuitRow {
             state: "half_open".into(),
             ..stored.clone()
         };
-        let won = store.put_circuit(&claim, 1).await.unwrap().expect("claimed");
-        assert_eq!((won.version, won.state.as_str()), (2, "half_open"), "{name}");
-        assert_eq!(store.put_circuit(&claim, 1).await.unwrap(), None, "{name}: stale version");
+        let won = store
+            .put_circuit(&claim, 1)
+            .await
+            .unwrap()
+            .expect("claimed");
+        assert_eq!(
+            (won.version, won.state.as_str()),
+            (2, "half_open"),
+            "{name}"
+        );
+        assert_eq!(
+            store.put_circuit(&claim, 1).await.unwrap(),
+            None,
+            "{name}: stale version"
+        );
 
         let closed = CircuitRow {
             state: "closed".into(),
@@ -74,7 +90,11 @@ async fn rows_round_trip_and_change_only_by_compare_and_set() {
         let closed = store.put_circuit(&closed, 2).await.unwrap().unwrap();
         assert_eq!(closed.version, 3);
         assert_eq!(closed.opened_at_ms, None);
-        assert_eq!(closed.open_ect.as_deref(), Some("open-1"), "kept for the close ECT");
+        assert_eq!(
+            closed.open_ect.as_deref(),
+            Some("open-1"),
+            "kept for the close ECT"
+        );
 
         store.put_circuit(&open_row("b"), 0).await.unwrap().unwrap();
         let agents: Vec<String> = store
@@ -98,7 +118,10 @@ async fn rows_round_trip_and_change_only_by_compare_and_set() {
             },
         ] {
             assert!(
-                matches!(store.put_circuit(&bad, 0).await, Err(StoreError::Invalid(_))),
+                matches!(
+                    store.put_circuit(&bad, 0).await,
+                    Err(StoreError::Invalid(_))
+                ),
                 "{name}"
             );
         }

@@ -56,7 +56,8 @@ pub struct Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.recorded {
-            self.circuits.entry(&self.agent, |e| e.breaker.abandon_probe());
+            self.circuits
+                .entry(&self.agent, |e| e.breaker.abandon_probe());
         }
     }
 }
@@ -336,7 +337,13 @@ impl Circuits {
     }
 
     /// Shares an opening and signs its evidence, unless a peer's opening came first.
-    async fn opened(&self, site: CallSite<'_>, error_rate: f64, cooldown: Duration, reopened: bool) {
+    async fn opened(
+        &self,
+        site: CallSite<'_>,
+        error_rate: f64,
+        cooldown: Duration,
+        reopened: bool,
+    ) {
         let agent = site.agent;
         let (total, mut base) =
             self.entry(agent, |e| (e.breaker.total_cooldown(), e.shared.clone()));
@@ -426,7 +433,9 @@ impl Circuits {
                     .circuit_close(agent, total.as_secs(), (wid, open), now)
                 {
                     Ok(ev) => self.record_evidence(agent, &ev.token).await,
-                    Err(e) => tracing::warn!(%agent, error = %e, "circuit_breaker_close not signed"),
+                    Err(e) => {
+                        tracing::warn!(%agent, error = %e, "circuit_breaker_close not signed")
+                    }
                 }
             }
             Ok(None) => self.refresh(agent, true).await,

@@ -385,7 +385,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         tokio::time::advance(S * 10).await;
-        assert!(matches!(b.admit(Instant::now()), Admission::Refuse { retry_after } if retry_after <= S * 20));
+        assert!(
+            matches!(b.admit(Instant::now()), Admission::Refuse { retry_after } if retry_after <= S * 20)
+        );
         assert!(b.cooldown_remaining(Instant::now()) <= S * 20);
         // A late answer to a call admitted before the breaker opened changes nothing.
         assert_eq!(b.record(Instant::now(), false, false), None);
@@ -406,10 +408,7 @@ mod tests {
         // A probe whose caller went away frees the slot for one other caller.
         b.abandon_probe();
         assert_eq!(b.admit(Instant::now()), Admission::Probe);
-        assert!(matches!(
-            b.admit(Instant::now()),
-            Admission::Refuse { .. }
-        ));
+        assert!(matches!(b.admit(Instant::now()), Admission::Refuse { .. }));
     }
 
     #[tokio::test(start_paused = true)]
@@ -451,7 +450,9 @@ mod tests {
             );
             total += expected;
             assert_eq!(b.total_cooldown(), S * total);
-            assert!(matches!(b.admit(Instant::now()), Admission::Refuse { retry_after } if retry_after == S * expected));
+            assert!(
+                matches!(b.admit(Instant::now()), Admission::Refuse { retry_after } if retry_after == S * expected)
+            );
         }
         tokio::time::advance(S * 300).await;
         assert_eq!(b.admit(Instant::now()), Admission::Probe);
@@ -473,7 +474,9 @@ mod tests {
         b.adopt_open(Instant::now(), S * 5, S * 60, S * 90, 0.8);
         assert_eq!(b.state(Instant::now()), CircuitState::Open);
         assert_eq!(b.error_rate(Instant::now()), 0.8);
-        assert!(matches!(b.admit(Instant::now()), Admission::Refuse { retry_after } if retry_after == S * 5));
+        assert!(
+            matches!(b.admit(Instant::now()), Admission::Refuse { retry_after } if retry_after == S * 5)
+        );
         tokio::time::advance(S * 5).await;
         assert_eq!(b.admit(Instant::now()), Admission::Probe);
         assert_eq!(

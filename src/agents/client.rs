@@ -482,7 +482,10 @@ impl AgentClient {
         if timeout.is_zero() {
             // The deadline passed while waiting for a place: not the agent's fault.
             return held_back(
-                CallError::new(CallError::DEADLINE, "the step deadline passed in the bulkhead"),
+                CallError::new(
+                    CallError::DEADLINE,
+                    "the step deadline passed in the bulkhead",
+                ),
                 Duration::ZERO,
             );
         }
@@ -493,7 +496,12 @@ impl AgentClient {
                 Gate::Refused { retry_after } => {
                     metrics::counter!("unwind_circuit_refusals_total", "phase" => phase.label())
                         .increment(1);
-                    tracing::debug!(phase = phase.label(), agent = call.agent, ?retry_after, "agent call refused: circuit open");
+                    tracing::debug!(
+                        phase = phase.label(),
+                        agent = call.agent,
+                        ?retry_after,
+                        "agent call refused: circuit open"
+                    );
                     return held_back(
                         CallError::new(
                             CallError::CIRCUIT_OPEN,

@@ -2,6 +2,7 @@
 //! generated from the handlers (utoipa).
 
 pub mod auth;
+pub mod circuits;
 pub mod ects;
 pub mod ops;
 pub mod problem;
@@ -58,7 +59,7 @@ pub struct AppState {
         (name = "ledger", description = "Ingest and read Execution Context Tokens"),
         (name = "workflows", description = "Workflow DAGs and blast radius"),
         (name = "rollbacks", description = "Two-phase rollbacks, their progress and decisions"),
-        (name = "operations", description = "Health, readiness, metrics and keys"),
+        (name = "operations", description = "Health, readiness, metrics, keys and circuit breakers"),
     )
 )]
 struct ApiDoc;
@@ -88,6 +89,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(workflows::router())
         .merge(rollbacks::router())
         .merge(ops::router())
+        .merge(circuits::router())
 }
 
 /// The OpenAPI document of this build (what `/openapi.json` serves).

@@ -952,7 +952,10 @@ impl Coordinator {
 /// The workflow and `rollback_start` jti of a rollback's calls (what a circuit breaker ECT
 /// they trigger names).
 fn call_origin(rb: &RollbackRecord) -> (String, String) {
-    (rb.wid.clone(), rb.evidence_start.clone().unwrap_or_default())
+    (
+        rb.wid.clone(),
+        rb.evidence_start.clone().unwrap_or_default(),
+    )
 }
 
 /// Each agent's `Execution-Context` for one rollback.

@@ -115,9 +115,7 @@ macro_rules! circuit_store_for {
             ) -> Result<Option<$crate::store::circuits::CircuitRow>, $crate::store::StoreError>
             {
                 Ok(
-                    sqlx::query_as(sqlx::AssertSqlSafe(
-                        $crate::store::circuits::select_one(),
-                    ))
+                    sqlx::query_as(sqlx::AssertSqlSafe($crate::store::circuits::select_one()))
                         .bind(agent)
                         .fetch_optional(&self.$reader)
                         .await?,
@@ -127,11 +125,11 @@ macro_rules! circuit_store_for {
             async fn list_circuits(
                 &self,
             ) -> Result<Vec<$crate::store::circuits::CircuitRow>, $crate::store::StoreError> {
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(
-                    $crate::store::circuits::select_all(),
-                ))
-                    .fetch_all(&self.$reader)
-                    .await?)
+                Ok(
+                    sqlx::query_as(sqlx::AssertSqlSafe($crate::store::circuits::select_all()))
+                        .fetch_all(&self.$reader)
+                        .await?,
+                )
             }
 
             async fn put_circuit(

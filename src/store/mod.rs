@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
-pub use circuits::{CircuitRow, CircuitStore};
 use crate::rollback::model::{
     CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
     RollbackRecord, RollbackStatus, StepRecord,
 };
+pub use circuits::{CircuitRow, CircuitStore};
 
 pub mod circuits;
 mod common;
