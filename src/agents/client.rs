@@ -192,7 +192,8 @@ pub enum Final<T> {
 /// record the step's `attempts` and last error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptReport {
-    /// 1-based count of calls made for this step by this wrapper.
+    /// Count of calls made for this step by this wrapper (a call refused by the circuit
+    /// breaker is reported, with its `circuit_open` error, but not counted).
     pub attempt: u32,
     /// `None` when the call got an answer.
     pub error: Option<CallError>,
@@ -374,7 +375,11 @@ impl AgentClient {
         mut on_attempt: impl FnMut(&AttemptReport),
         classify: Classify<T>,
     ) -> Final<T> {
+        // Calls made (the step's `attempts`), and calls made or held back by the breaker or
+        // the bulkhead (the backoff's exponent: a refused call is not a call, but waiting
+        // longer after each is what spreads the retries out).
         let mut attempts = 0u32;
+        let mut tries = 0u32;
         let mut last: Option<CallError> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -398,7 +403,10 @@ impl AgentClient {
                     CallOutcome::Retryable(e) | CallOutcome::Final(e) => Final::Failed(e),
                 };
             }
-            attempts = attempts.saturating_add(1);
+            tries = tries.saturating_add(1);
+            if sent {
+                attempts = attempts.saturating_add(1);
+            }
             match outcome {
                 CallOutcome::Answer(a) => {
                     on_attempt(&AttemptReport {
@@ -421,7 +429,7 @@ impl AgentClient {
                     let delay = self
                         .settings
                         .backoff
-                        .delay(attempts)
+                        .delay(tries)
                         .max(retry_after.unwrap_or_default());
                     let next = Instant::now()
                         .checked_add(delay)
