@@ -226,6 +226,11 @@ pub struct RollbackConfig {
     pub requests_burst: u32,
     /// Rollbacks one process drives at the same time.
     pub max_active: usize,
+    /// Of those, rollbacks of one workflow (so one workflow cannot take every worker slot).
+    pub max_active_per_workflow: usize,
+    /// Concurrent agent calls of one workflow in this process, across all its rollbacks (the
+    /// workflow's bulkhead; further calls queue behind its own).
+    pub max_calls_per_workflow: usize,
     /// How often an idle worker looks for rollbacks to claim, in milliseconds.
     pub poll_ms: u64,
 }
@@ -241,6 +246,8 @@ impl Default for RollbackConfig {
             requests_per_s: 10,
             requests_burst: 20,
             max_active: 16,
+            max_active_per_workflow: 8,
+            max_calls_per_workflow: 32,
             poll_ms: 500,
         }
     }
@@ -524,6 +531,12 @@ impl Config {
             return Err(key_error(
                 "rollback.max_concurrency",
                 "must be at least 1 (and rollback.max_active too)",
+            ));
+        }
+        if self.rollback.max_active_per_workflow == 0 || self.rollback.max_calls_per_workflow == 0 {
+            return Err(key_error(
+                "rollback.max_calls_per_workflow",
+                "must be at least 1 (and rollback.max_active_per_workflow too)",
             ));
         }
         if self.rollback.agent_timeout_ms == 0

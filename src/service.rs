@@ -10,6 +10,9 @@ use tokio::io::AsyncWriteExt;
 
 use std::time::Duration;
 
+use crate::agents::breakers::Circuits;
+use crate::agents::bulkhead::Bulkhead;
+use crate::agents::circuit::CircuitSettings;
 use crate::agents::{AgentClient, CallSettings};
 use crate::api::rollbacks::RequestLimiter;
 use crate::api::{AppState, Authenticator};
@@ -105,8 +108,6 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     );
     let signing_key = Arc::new(signing_key);
 
-    let agents = AgentClient::new(trust, CallSettings::from_config(&config.rollback))
-        .map_err(|e| ServiceError::Trust(format!("agent client: {e}")))?;
     let evidence = EvidenceSigner::new(
         signing_key.clone(),
         &config.coordinator_id,
@@ -124,6 +125,22 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         config.public_url(),
         delivery_wake.clone(),
     ));
+    let call_settings = CallSettings::from_config(&config.rollback);
+    let circuits = Circuits::new(
+        CircuitSettings::from_config(&config.circuit),
+        store.clone(),
+        ledger.clone(),
+        evidence.clone(),
+        call_settings.timeout,
+    )
+    .with_escalations(escalations.clone());
+    let agents = AgentClient::new(trust, call_settings)
+        .map_err(|e| ServiceError::Trust(format!("agent client: {e}")))?
+        .with_circuits(Arc::new(circuits))
+        .with_bulkhead(Bulkhead::new(
+            "agent_calls",
+            config.rollback.max_calls_per_workflow,
+        ));
     let deliverer = Deliverer::new(
         store.clone(),
         targets,
@@ -163,6 +180,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
             step_deadline: Duration::from_secs(config.rollback.step_deadline_s),
             poll_interval: Duration::from_millis(config.rollback.poll_ms.max(10)),
             max_rollbacks: config.rollback.max_active,
+            max_rollbacks_per_workflow: config.rollback.max_active_per_workflow,
             evidence_ttl: Duration::from_secs(config.rollback.evidence_ttl_s),
         },
     );

@@ -80,6 +80,8 @@ fn step<'a>(uri: &'a str, rid: &'a str, cp: &'a str, ec: &'a str) -> StepCall<'a
         checkpoint_id: cp,
         scope: "sub_dag",
         context: ec,
+        wid: "wf",
+        start_jti: "start",
     }
 }
 

@@ -824,7 +824,13 @@ async fn start_flaky_executor(
 
 #[tokio::test]
 async fn retry_after_a_failed_critical_execute_runs_it_again() {
-    for s in servers_with(short).await {
+    // The failing calls open the agent's circuit breaker; a short cooldown lets the retried
+    // step's probe through within its deadline.
+    let adjust = |c: &mut unwind::config::Config| {
+        short(c);
+        c.circuit.cooldown_s = 1;
+    };
+    for s in servers_with(adjust).await {
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (uri, _task) = start_flaky_executor(ready.clone()).await;
         let wid = wid();

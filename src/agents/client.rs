@@ -14,6 +14,8 @@ use tokio::time::Instant;
 
 use super::answer::{self, ExecuteAnswer, PrepareAnswer};
 use super::backoff::Backoff;
+use super::breakers::{CallSite, Circuits, Gate};
+use super::bulkhead::Bulkhead;
 use crate::config::RollbackConfig;
 use crate::ect::TrustStore;
 
@@ -77,6 +79,21 @@ pub struct StepCall<'a> {
     pub scope: &'a str,
     /// The compact `rollback_start` ECT, sent as `Execution-Context`.
     pub context: &'a str,
+    /// The rollback's workflow: the bulkhead its calls queue in, and the `wid` of a circuit
+    /// breaker ECT this call triggers.
+    pub wid: &'a str,
+    /// The jti of the rollback's `rollback_start` (the parent of that ECT).
+    pub start_jti: &'a str,
+}
+
+impl StepCall<'_> {
+    fn site(&self) -> CallSite<'_> {
+        CallSite {
+            agent: self.agent,
+            wid: self.wid,
+            start_jti: self.start_jti,
+        }
+    }
 }
 
 /// Why a call gave no answer. `code` is stable (step records, metrics, tests match on it);
@@ -110,6 +127,9 @@ impl CallError {
     pub const BAD_ANSWER: &'static str = "bad_answer";
     /// The step deadline passed before any call was made.
     pub const DEADLINE: &'static str = "deadline";
+    /// Refused locally: the agent's circuit breaker is open (nothing sent; retried after the
+    /// cooldown).
+    pub const CIRCUIT_OPEN: &'static str = "circuit_open";
 
     fn new(code: &'static str, detail: impl Into<String>) -> Self {
         Self {
@@ -172,7 +192,8 @@ pub enum Final<T> {
 /// record the step's `attempts` and last error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptReport {
-    /// 1-based count of calls made for this step by this wrapper.
+    /// Count of calls made for this step by this wrapper (a call refused by the circuit
+    /// breaker is reported, with its `circuit_open` error, but not counted).
     pub attempt: u32,
     /// `None` when the call got an answer.
     pub error: Option<CallError>,
@@ -220,10 +241,12 @@ struct Reply {
 }
 
 /// One call's outcome and whether anything was sent (a refused URI sends nothing and is not
-/// an attempt).
+/// an attempt). A call the circuit breaker or the bulkhead held back sends nothing either, but
+/// is an attempt: `retry_after` says when the next may be made.
 struct Attempt<T> {
     outcome: CallOutcome<T>,
     sent: bool,
+    retry_after: Option<Duration>,
 }
 
 type Classify<T> = fn(&Reply) -> CallOutcome<T>;
@@ -234,6 +257,9 @@ pub struct AgentClient {
     http: reqwest::Client,
     trust: Arc<TrustStore>,
     settings: CallSettings,
+    circuits: Option<Arc<Circuits>>,
+    /// Concurrent calls per workflow.
+    bulkhead: Option<Bulkhead>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -269,11 +295,29 @@ impl AgentClient {
             http,
             trust,
             settings,
+            circuits: None,
+            bulkhead: None,
         })
+    }
+
+    /// Every call first asks the agent's circuit breaker.
+    pub fn with_circuits(mut self, circuits: Arc<Circuits>) -> Self {
+        self.circuits = Some(circuits);
+        self
+    }
+
+    /// Calls of one workflow wait for a place in `bulkhead` (keyed by `wid`).
+    pub fn with_bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
     }
 
     pub fn settings(&self) -> &CallSettings {
         &self.settings
+    }
+
+    pub fn circuits(&self) -> Option<&Arc<Circuits>> {
+        self.circuits.as_ref()
     }
 
     /// One prepare call, no retry: `POST {rollback_uri}/prepare`.
@@ -281,7 +325,7 @@ impl AgentClient {
         self.attempt(
             Phase::Prepare,
             call,
-            self.settings.timeout,
+            Instant::now() + self.settings.timeout,
             classify_prepare,
         )
         .await
@@ -293,7 +337,7 @@ impl AgentClient {
         self.attempt(
             Phase::Execute,
             call,
-            self.settings.timeout,
+            Instant::now() + self.settings.timeout,
             classify_execute,
         )
         .await
@@ -331,7 +375,11 @@ impl AgentClient {
         mut on_attempt: impl FnMut(&AttemptReport),
         classify: Classify<T>,
     ) -> Final<T> {
+        // Calls made (the step's `attempts`), and calls made or held back by the breaker or
+        // the bulkhead (the backoff's exponent: a refused call is not a call, but waiting
+        // longer after each is what spreads the retries out).
         let mut attempts = 0u32;
+        let mut tries = 0u32;
         let mut last: Option<CallError> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -343,16 +391,22 @@ impl AgentClient {
                     )
                 }));
             }
-            let timeout = self.settings.timeout.min(remaining);
-            let Attempt { outcome, sent } = self.attempt(phase, call, timeout, classify).await;
-            if !sent {
+            let Attempt {
+                outcome,
+                sent,
+                retry_after,
+            } = self.attempt(phase, call, deadline, classify).await;
+            if !sent && retry_after.is_none() {
                 // Refused before sending: not an attempt, and nothing a retry could change.
                 return match outcome {
                     CallOutcome::Answer(a) => Final::Answer(a),
                     CallOutcome::Retryable(e) | CallOutcome::Final(e) => Final::Failed(e),
                 };
             }
-            attempts = attempts.saturating_add(1);
+            tries = tries.saturating_add(1);
+            if sent {
+                attempts = attempts.saturating_add(1);
+            }
             match outcome {
                 CallOutcome::Answer(a) => {
                     on_attempt(&AttemptReport {
@@ -371,7 +425,12 @@ impl AgentClient {
                     return Final::Failed(e);
                 }
                 CallOutcome::Retryable(e) => {
-                    let delay = self.settings.backoff.delay(attempts);
+                    // Never before the breaker lets a call through again.
+                    let delay = self
+                        .settings
+                        .backoff
+                        .delay(tries)
+                        .max(retry_after.unwrap_or_default());
                     let next = Instant::now()
                         .checked_add(delay)
                         .is_some_and(|at| at < deadline)
@@ -393,12 +452,13 @@ impl AgentClient {
         }
     }
 
-    /// One call: guard, send, read, classify, count.
+    /// One call: guard, wait for a place in the workflow's bulkhead, ask the breaker, send,
+    /// read, classify, count, tell the breaker. The call ends by `deadline`.
     async fn attempt<T>(
         &self,
         phase: Phase,
         call: &StepCall<'_>,
-        timeout: Duration,
+        deadline: Instant,
         classify: Classify<T>,
     ) -> Attempt<T> {
         let (url, context) = match self.target(phase, call) {
@@ -414,8 +474,54 @@ impl AgentClient {
                 return Attempt {
                     outcome: CallOutcome::Final(e),
                     sent: false,
+                    retry_after: None,
                 };
             }
+        };
+        // Held while the request is out (not across the backoff sleeps in between).
+        let _place = match &self.bulkhead {
+            Some(b) => Some(b.acquire(call.wid).await),
+            None => None,
+        };
+        let timeout = self
+            .settings
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        if timeout.is_zero() {
+            // The deadline passed while waiting for a place: not the agent's fault.
+            return held_back(
+                CallError::new(
+                    CallError::DEADLINE,
+                    "the step deadline passed in the bulkhead",
+                ),
+                Duration::ZERO,
+            );
+        }
+        let permit = match &self.circuits {
+            None => None,
+            Some(circuits) => match circuits.admit(call.site()).await {
+                Gate::Pass(permit) => Some(permit),
+                Gate::Refused { retry_after } => {
+                    metrics::counter!("unwind_circuit_refusals_total", "phase" => phase.label())
+                        .increment(1);
+                    tracing::debug!(
+                        phase = phase.label(),
+                        agent = call.agent,
+                        ?retry_after,
+                        "agent call refused: circuit open"
+                    );
+                    return held_back(
+                        CallError::new(
+                            CallError::CIRCUIT_OPEN,
+                            format!(
+                                "the circuit breaker toward the agent is open; next call in {} ms",
+                                retry_after.as_millis()
+                            ),
+                        ),
+                        retry_after,
+                    );
+                }
+            },
         };
         let started = Instant::now();
         let outcome = match self.send(phase, call, url, context, timeout).await {
@@ -423,6 +529,13 @@ impl AgentClient {
             Err(e) => CallOutcome::Retryable(e),
         };
         let elapsed = started.elapsed();
+        if let (Some(circuits), Some(permit)) = (&self.circuits, permit) {
+            let failed = match &outcome {
+                CallOutcome::Answer(_) => false,
+                CallOutcome::Retryable(e) | CallOutcome::Final(e) => e.counts_against_circuit(),
+            };
+            circuits.record(permit, call.site(), failed).await;
+        }
         metrics::counter!(
             "unwind_agent_calls_total",
             "phase" => phase.label(),
@@ -454,6 +567,7 @@ impl AgentClient {
         Attempt {
             outcome,
             sent: true,
+            retry_after: None,
         }
     }
 
@@ -560,6 +674,15 @@ impl AgentClient {
             truncated,
             location,
         })
+    }
+}
+
+/// A call held back before sending, to be tried again after `retry_after`.
+fn held_back<T>(error: CallError, retry_after: Duration) -> Attempt<T> {
+    Attempt {
+        outcome: CallOutcome::Retryable(error),
+        sent: false,
+        retry_after: Some(retry_after),
     }
 }
 

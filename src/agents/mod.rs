@@ -10,9 +10,17 @@
 //! Safety rules enforced here rather than by callers: the `rollback_uri` must be allowed for
 //! the checkpoint's issuer before every call; redirects are never followed; answers are read
 //! within a size cap; a call never outlives the step deadline.
+//!
+//! Containment (the cascade draft's "Circuit Breaker Protocol" and "Bulkhead Patterns"): every
+//! call waits for a place in its workflow's [`bulkhead`], then asks the agent's circuit breaker
+//! ([`circuit`] is the state machine, [`breakers`] shares it between replicas), which may refuse
+//! it locally.
 
 mod answer;
 mod backoff;
+pub mod breakers;
+pub mod bulkhead;
+pub mod circuit;
 mod client;
 
 pub use answer::{ExecuteAnswer, ExecuteResult, PrepareAnswer};

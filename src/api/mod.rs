@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cascades;
+pub mod circuits;
 pub mod ects;
 pub mod escalations;
 pub mod ops;
@@ -64,7 +65,7 @@ pub struct AppState {
         (name = "rollbacks", description = "Two-phase rollbacks, their progress and decisions"),
         (name = "cascades", description = "Cascades detected over the ledger"),
         (name = "escalations", description = "Escalations to people and webhook deliveries"),
-        (name = "operations", description = "Health, readiness, metrics and keys"),
+        (name = "operations", description = "Health, readiness, metrics, keys and circuit breakers"),
     )
 )]
 struct ApiDoc;
@@ -96,6 +97,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(cascades::router())
         .merge(escalations::router())
         .merge(ops::router())
+        .merge(circuits::router())
 }
 
 /// The OpenAPI document of this build (what `/openapi.json` serves).

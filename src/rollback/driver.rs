@@ -22,6 +22,7 @@ use super::model::{
     ExecuteStatus, Lease, PrepareStatus, RollbackFilter, RollbackRecord, RollbackStatus, StepError,
     StepRecord,
 };
+use crate::agents::bulkhead::{Bulkhead, BulkheadPermit};
 use crate::agents::{AgentClient, ExecuteAnswer, ExecuteResult, Final, PrepareAnswer, StepCall};
 use crate::hitl::Escalations;
 use crate::ledger::Ledger;
@@ -40,6 +41,8 @@ pub struct DriverSettings {
     pub poll_interval: Duration,
     /// Rollbacks one worker drives at the same time.
     pub max_rollbacks: usize,
+    /// Of those, rollbacks of one workflow.
+    pub max_rollbacks_per_workflow: usize,
     /// Lifetime of a rollback's `rollback_start` (its `exp`): a rollback not finished by then,
     /// awaiting a decision or not, ends `failed` — agents would refuse its context anyway.
     pub evidence_ttl: Duration,
@@ -69,6 +72,8 @@ pub struct Coordinator {
     escalations: Arc<Escalations>,
     settings: DriverSettings,
     wake: Notify,
+    /// Worker slots per workflow.
+    workflow_slots: Bulkhead,
 }
 
 impl Coordinator {
@@ -80,6 +85,7 @@ impl Coordinator {
         escalations: Arc<Escalations>,
         settings: DriverSettings,
     ) -> Arc<Self> {
+        let workflow_slots = Bulkhead::new("rollbacks", settings.max_rollbacks_per_workflow);
         Arc::new(Self {
             store,
             ledger,
@@ -88,7 +94,13 @@ impl Coordinator {
             escalations,
             settings,
             wake: Notify::new(),
+            workflow_slots,
         })
+    }
+
+    /// The client this worker calls agents with (and its circuit breakers).
+    pub fn agents(&self) -> &Arc<AgentClient> {
+        &self.agents
     }
 
     /// Tells the worker there may be new work (a new rollback, a decision).
@@ -123,6 +135,9 @@ impl Coordinator {
                     let me = self.clone();
                     tokio::spawn(async move {
                         let id = lease.rollback_id.clone();
+                        let Some(_slot) = me.workflow_slot(&lease).await else {
+                            return;
+                        };
                         if let Err(e) = me.drive(lease).await {
                             tracing::warn!(rollback_id = %id, error = %e, "rollback interrupted; it resumes when its lease expires");
                         }
@@ -142,6 +157,34 @@ impl Coordinator {
                 _ = tokio::time::sleep(self.settings.poll_interval) => {},
             }
         }
+    }
+
+    /// A worker slot of the claimed rollback's workflow. When its workflow already has
+    /// `max_rollbacks_per_workflow` rollbacks here, the rollback is put back: its lease is cut
+    /// to one poll interval, after which any worker may claim it again, and this worker's slot
+    /// goes to the next rollback — of another workflow, if that one is full.
+    async fn workflow_slot(&self, lease: &Lease) -> Option<BulkheadPermit> {
+        let wid = match self.store.get_rollback(&lease.rollback_id).await {
+            Ok(Some((rb, _))) => rb.wid,
+            Ok(None) => return None,
+            Err(e) => {
+                // Like any error while driving: the lease runs out, then it is tried again.
+                tracing::warn!(rollback_id = %lease.rollback_id, error = %e, "cannot read claimed rollback");
+                return None;
+            }
+        };
+        if let Some(slot) = self.workflow_slots.try_acquire(&wid) {
+            return Some(slot);
+        }
+        tracing::debug!(rollback_id = %lease.rollback_id, %wid, "workflow at its rollback limit; rollback deferred");
+        if let Err(e) = self
+            .store
+            .renew_lease(lease, self.settings.poll_interval)
+            .await
+        {
+            tracing::warn!(rollback_id = %lease.rollback_id, error = %e, "cannot defer rollback");
+        }
+        None
     }
 
     /// How often to look for rollbacks awaiting a decision past their evidence lifetime: a
@@ -520,6 +563,8 @@ impl Coordinator {
         }
 
         let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
+        let origin = call_origin(rb);
+        let origin = (origin.0.as_str(), origin.1.as_str());
         let mut inflight = InFlight::new();
         let mut queue = pending.into_iter();
         loop {
@@ -530,7 +575,7 @@ impl Coordinator {
                 let (rollback_id, context) =
                     (rollback_id.as_str(), contexts.for_agent(&step.agent));
                 inflight.push(async move {
-                    let call = self.call_step(&step, rollback_id, scope, context);
+                    let call = self.call_step(&step, rollback_id, scope, context, origin);
                     let (answer, count) = self.prepare_with(call, reporter).await;
                     Done {
                         index: i,
@@ -649,6 +694,8 @@ impl Coordinator {
         }
         let contexts = self.contexts(rb, steps).await?;
         let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
+        let origin = call_origin(rb);
+        let origin = (origin.0.as_str(), origin.1.as_str());
         let mut order = ExecuteOrder::new(steps);
         let mut inflight = InFlight::new();
         let mut critical_failed = false;
@@ -674,7 +721,7 @@ impl Coordinator {
                 let (rollback_id, context) =
                     (rollback_id.as_str(), contexts.for_agent(&step.agent));
                 inflight.push(async move {
-                    let call = self.call_step(&step, rollback_id, scope, context);
+                    let call = self.call_step(&step, rollback_id, scope, context, origin);
                     let started = std::time::Instant::now();
                     let (answer, count) = self.execute_with(call, reporter).await;
                     metrics::histogram!("unwind_rollback_step_seconds").record(started.elapsed());
@@ -757,6 +804,7 @@ impl Coordinator {
         rollback_id: &'a str,
         scope: &'a str,
         context: &'a str,
+        (wid, start_jti): (&'a str, &'a str),
     ) -> (StepCall<'a>, tokio::time::Instant) {
         let call = StepCall {
             agent: &step.agent,
@@ -765,6 +813,8 @@ impl Coordinator {
             checkpoint_id: &step.checkpoint_id,
             scope,
             context,
+            wid,
+            start_jti,
         };
         // Each step's deadline starts with its first call.
         (
@@ -910,6 +960,15 @@ impl Coordinator {
         *rb = self.store.update_rollback(lease, rb).await?;
         Ok(())
     }
+}
+
+/// The workflow and `rollback_start` jti of a rollback's calls (what a circuit breaker ECT
+/// they trigger names).
+fn call_origin(rb: &RollbackRecord) -> (String, String) {
+    (
+        rb.wid.clone(),
+        rb.evidence_start.clone().unwrap_or_default(),
+    )
 }
 
 /// Each agent's `Execution-Context` for one rollback.

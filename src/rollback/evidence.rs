@@ -327,6 +327,41 @@ impl EvidenceSigner {
         )
     }
 
+    /// `circuit_breaker_open` (the cascade draft's "ECT Integration"): the breaker toward
+    /// `agent` opened on a call of the rollback whose `rollback_start` is `start_jti` in
+    /// workflow `wid` (its parent).
+    pub fn circuit_open(
+        &self,
+        agent: &str,
+        error_rate: f64,
+        window_s: u64,
+        cooldown_s: u64,
+        (wid, start_jti): (&str, &str),
+        now: i64,
+    ) -> Result<Evidence, KeyError> {
+        let mut ext = Map::new();
+        ext.insert("cascade.downstream_agent".into(), json!(agent));
+        ext.insert("cascade.error_rate".into(), json!(error_rate));
+        ext.insert("cascade.window_s".into(), json!(window_s));
+        ext.insert("cascade.cooldown_s".into(), json!(cooldown_s));
+        self.coordinator_ect("circuit_breaker_open", Some(wid), start_jti, ext, now)
+    }
+
+    /// `circuit_breaker_close`: child of the `circuit_breaker_open` `open_jti`, in its `wid`;
+    /// `total_cooldown_s` is every cooldown the breaker went through.
+    pub fn circuit_close(
+        &self,
+        agent: &str,
+        total_cooldown_s: u64,
+        (wid, open_jti): (&str, &str),
+        now: i64,
+    ) -> Result<Evidence, KeyError> {
+        let mut ext = Map::new();
+        ext.insert("cascade.downstream_agent".into(), json!(agent));
+        ext.insert("cascade.total_cooldown_s".into(), json!(total_cooldown_s));
+        self.coordinator_ect("circuit_breaker_close", Some(wid), open_jti, ext, now)
+    }
+
     /// One coordinator ECT; every one Unwind signs has exactly one parent.
     fn sign(&self, unsigned: Unsigned<'_>, now: i64) -> Result<Evidence, KeyError> {
         let Unsigned {

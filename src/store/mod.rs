@@ -17,9 +17,11 @@ use crate::rollback::model::{
     CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
     RollbackRecord, RollbackStatus, StepRecord,
 };
+pub use circuits::{CircuitRow, CircuitStore};
 pub use hitl::HitlStore;
 
 pub mod cascade;
+pub mod circuits;
 mod common;
 pub mod hitl;
 pub mod postgres;
@@ -179,7 +181,7 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: cascade::CascadeStore + HitlStore + Send + Sync + 'static {
+pub trait Store: cascade::CascadeStore + CircuitStore + HitlStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.

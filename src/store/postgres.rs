@@ -10,6 +10,8 @@
 //! the rollback section below).
 
 mod cascade;
+mod circuits;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

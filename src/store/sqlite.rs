@@ -6,6 +6,8 @@
 //! reads use a separate pool and, thanks to WAL, never wait for the writer.
 
 mod cascade;
+mod circuits;
+
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
