@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::receiver::{Receiver, SECRET, signature_verifies, with_webhook};
 use common::server::*;
 use serde_json::{Map, Value, json};
 
@@ -152,7 +153,8 @@ async fn check_evidence(s: &TestServer, alert: &Value) {
 
 #[tokio::test]
 async fn error_clustering_needs_distinct_reporters_and_alerts_once() {
-    for s in servers().await {
+    let receiver = Receiver::start().await;
+    for s in servers_with(with_webhook(receiver.url.clone())).await {
         let w = wid();
         let db = format!("{AGENT_PREFIX}db");
         // One reporter twice: below the threshold.
@@ -216,6 +218,30 @@ async fn error_clustering_needs_distinct_reporters_and_alerts_once() {
             json!(q1),
             "{escalation}"
         );
+        // ...and told through the signed webhook.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (event, received) = loop {
+            let found = receiver.received().into_iter().find_map(|r| {
+                let body: Value = serde_json::from_str(&r.body).ok()?;
+                (body["type"] == "cascade.detected" && body["wid"] == json!(w)).then_some((body, r))
+            });
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no cascade.detected webhook",
+                s.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            signature_verifies(SECRET.as_bytes(), &received.signature, &received.body),
+            "{}: {received:?}",
+            s.name
+        );
+        assert_eq!(event["cascade"]["id"], alert["id"], "{event}");
+        assert_eq!(event["decision_url"], Value::Null, "{event}");
     }
 }
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::circuit::{Admission, Breaker, CircuitSettings, CircuitState, PROBE_WAIT, Transition};
+use super::latency::LatencyTracker;
 use crate::hitl::{Escalations, NewEscalation};
 use crate::ledger::Ledger;
 use crate::rollback::evidence::EvidenceSigner;
@@ -76,10 +77,16 @@ pub struct CircuitStatus {
     /// The `rollback_start` of the last failed call.
     pub last_failure_ect: Option<String>,
     pub cooldown_remaining_s: u64,
+    /// This replica's view of the agent's latency (design.md §10): the p99 of its recent calls,
+    /// their slow moving baseline, and whether the p99 is over three times the baseline.
+    pub latency_p99_ms: Option<f64>,
+    pub latency_baseline_ms: Option<f64>,
+    pub latency_spike: bool,
 }
 
 struct Entry {
     breaker: Breaker,
+    latency: LatencyTracker,
     /// The shared row as last read or written.
     shared: Option<CircuitRow>,
     fetched: Option<Instant>,
@@ -157,14 +164,31 @@ impl Circuits {
     }
 
     /// The outcome of an admitted call; `failed` when it counts against the breaker.
-    pub async fn record(&self, mut permit: Permit<'_>, site: CallSite<'_>, failed: bool) {
+    pub async fn record(
+        &self,
+        mut permit: Permit<'_>,
+        site: CallSite<'_>,
+        failed: bool,
+        elapsed: Duration,
+    ) {
         permit.recorded = true;
-        let transition = self.entry(site.agent, |e| {
+        let (transition, spike) = self.entry(site.agent, |e| {
             if failed {
                 e.last_failure_ect = Some(site.start_jti.to_string());
             }
-            e.breaker.record(Instant::now(), failed, permit.probe)
+            let spike = e.latency.observe(elapsed.as_secs_f64() * 1000.0);
+            (
+                e.breaker.record(Instant::now(), failed, permit.probe),
+                spike,
+            )
         });
+        if spike {
+            metrics::counter!("unwind_agent_latency_spikes_total").increment(1);
+            tracing::warn!(
+                agent = site.agent,
+                "latency spike: p99 over 3x the baseline"
+            );
+        }
         match transition {
             None => {}
             Some(Transition::Opened {
@@ -200,6 +224,9 @@ impl Circuits {
                     window_s,
                     last_failure_ect: e.last_failure_ect.clone(),
                     cooldown_remaining_s: ceil_secs(e.breaker.cooldown_remaining(now)),
+                    latency_p99_ms: e.latency.p99_ms(),
+                    latency_baseline_ms: e.latency.baseline_ms(),
+                    latency_spike: e.latency.spiking(),
                 },
             );
         }
@@ -214,6 +241,9 @@ impl Circuits {
                     window_s,
                     last_failure_ect: None,
                     cooldown_remaining_s: 0,
+                    latency_p99_ms: None,
+                    latency_baseline_ms: None,
+                    latency_spike: false,
                 });
             if status.last_failure_ect.is_none() {
                 status.last_failure_ect = row.last_failure_ect.clone();
@@ -246,6 +276,7 @@ impl Circuits {
         let mut local = self.lock();
         let entry = local.entry(agent.to_string()).or_insert_with(|| Entry {
             breaker: Breaker::new(self.settings),
+            latency: LatencyTracker::default(),
             shared: None,
             fetched: None,
             last_failure_ect: None,

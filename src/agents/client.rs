@@ -534,7 +534,7 @@ impl AgentClient {
                 CallOutcome::Answer(_) => false,
                 CallOutcome::Retryable(e) | CallOutcome::Final(e) => e.counts_against_circuit(),
             };
-            circuits.record(permit, call.site(), failed).await;
+            circuits.record(permit, call.site(), failed, elapsed).await;
         }
         metrics::counter!(
             "unwind_agent_calls_total",

@@ -14,7 +14,7 @@
 //! Containment (the cascade draft's "Circuit Breaker Protocol" and "Bulkhead Patterns"): every
 //! call waits for a place in its workflow's [`bulkhead`], then asks the agent's circuit breaker
 //! ([`circuit`] is the state machine, [`breakers`] shares it between replicas), which may refuse
-//! it locally.
+//! it locally. Each call's duration also feeds the agent's [`latency`] signal.
 
 mod answer;
 mod backoff;
@@ -22,6 +22,7 @@ pub mod breakers;
 pub mod bulkhead;
 pub mod circuit;
 mod client;
+pub mod latency;
 
 pub use answer::{ExecuteAnswer, ExecuteResult, PrepareAnswer};
 pub use backoff::Backoff;
