@@ -58,14 +58,7 @@ async fn decision_ect(s: &TestServer, id: &str) -> Value {
         .find(|e| e["claims"]["ext"]["cascade.rollback_id"] == id)
         .unwrap_or_else(|| panic!("{}: no hitl_decision for {id}: {body}", s.name))
         .clone();
-    let jwks = served_jwks(&s.client, &s.base).await;
-    let token = ect["token"].as_str().unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&[&s.coordinator_id]);
-    jsonwebtoken::decode::<Value>(token, &key, &validation).expect("hitl_decision verifies");
+    assert_coordinator_signed(s, ect["token"].as_str().unwrap()).await;
     assert_eq!(ect["iss"], s.coordinator_id.as_str(), "{ect}");
     ect
 }

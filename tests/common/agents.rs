@@ -138,6 +138,22 @@ pub async fn served_jwks(client: &reqwest::Client, base: &str) -> jsonwebtoken::
         .unwrap()
 }
 
+/// Checks that `token` verifies against the coordinator's served keys, addressed to it.
+pub async fn assert_coordinator_signed(s: &TestServer, token: &str) {
+    let jwks = served_jwks(&s.client, &s.base).await;
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&[&s.coordinator_id]);
+    if let Err(e) = jsonwebtoken::decode::<Value>(token, &key, &validation) {
+        panic!(
+            "{}: a coordinator token does not verify: {e}: {token}",
+            s.name
+        );
+    }
+}
+
 /// An agent `agent/<name>` on 127.0.0.1 with the reference behaviour `behaviour` and restores
 /// that take `delay_ms`.
 pub async fn start_agent(
