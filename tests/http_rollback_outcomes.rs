@@ -1017,3 +1017,42 @@ async fn agents_beyond_one_audience_get_their_own_verified_context() {
         }
     }
 }
+
+/// More concurrent calls than the store has connections: calls keep moving while the driver
+/// writes their results (they once waited for the driver, which waited for a connection
+/// that a suspended call held).
+#[tokio::test]
+async fn a_rollback_wider_than_the_connection_pool_completes() {
+    let wide = |c: &mut unwind::config::Config| {
+        short(c);
+        c.rollback.step_deadline_s = 60;
+        c.rollback.max_concurrency = 64;
+        c.rollback.max_calls_per_workflow = 64;
+    };
+    for s in servers_with(wide).await {
+        let log: Log = Arc::default();
+        let mut agents = Vec::new();
+        for i in 0..40 {
+            agents.push(start_agent(&s, &format!("w{i}"), "", 0, &log).await);
+        }
+        let wid = wid();
+        let (root, t_root) = agents[0].checkpoint(&wid, &[]).await;
+        let (act, t_act) = agents[0].action(&wid, "fan_out", std::slice::from_ref(&root));
+        let mut tokens = vec![t_root, t_act];
+        let mut checkpoints = std::collections::BTreeSet::from([root.clone()]);
+        for i in 0..80 {
+            let (cp, t) = agents[i % agents.len()]
+                .checkpoint(&wid, std::slice::from_ref(&act))
+                .await;
+            checkpoints.insert(cp);
+            tokens.push(t);
+        }
+        s.ingest_ok(&tokens).await;
+        let id = accepted(&s, json!({"checkpoint_id": root, "scope": "sub_dag"})).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+        let steps = done["steps"].as_array().unwrap().len();
+        assert_eq!(steps, checkpoints.len(), "{done}");
+        assert!(steps > 40, "wider than the pool: {steps}");
+    }
+}

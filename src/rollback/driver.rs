@@ -54,6 +54,9 @@ pub enum DriveError {
     Store(#[from] StoreError),
     #[error("evidence: {0}")]
     Evidence(String),
+    /// An agent call's task panicked or was cancelled.
+    #[error("agent call task: {0}")]
+    CallTask(#[from] tokio::task::JoinError),
     #[error("escalation: {0}")]
     Hitl(#[from] crate::hitl::HitlError),
 }
@@ -478,7 +481,7 @@ impl Coordinator {
             let context_jti = agent_context_jti(jti, agent);
             match self.store.get_ect(&context_jti).await? {
                 Some(record) => {
-                    per_agent.insert(agent.to_string(), record.token);
+                    per_agent.insert(agent.to_string(), Arc::from(record.token));
                 }
                 None => unsigned.push(*agent),
             }
@@ -492,12 +495,12 @@ impl Coordinator {
                     .agent_context(rb, jti, agent, now)
                     .map_err(|e| DriveError::Evidence(e.to_string()))?;
                 tokens.push(ev.token.clone());
-                per_agent.insert(agent.to_string(), ev.token);
+                per_agent.insert(agent.to_string(), Arc::from(ev.token));
             }
             self.record_evidence(&tokens).await?;
         }
         Ok(Contexts {
-            shared: start.token,
+            shared: Arc::from(start.token),
             per_agent,
         })
     }
@@ -562,29 +565,25 @@ impl Coordinator {
             self.escalations.irreversible_found(rb, steps).await?;
         }
 
-        let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
-        let origin = call_origin(rb);
-        let origin = (origin.0.as_str(), origin.1.as_str());
+        let origin = Self::origin(rb);
         let mut inflight = InFlight::new();
         let mut queue = pending.into_iter();
         loop {
             while inflight.len() < self.settings.max_concurrency.max(1) {
                 let Some(i) = queue.next() else { break };
-                let step = steps[i].clone();
-                let reporter = inflight.reporter(i, step.attempts);
-                let (rollback_id, context) =
-                    (rollback_id.as_str(), contexts.for_agent(&step.agent));
-                inflight.push(async move {
-                    let call = self.call_step(&step, rollback_id, scope, context, origin);
-                    let (answer, count) = self.prepare_with(call, reporter).await;
+                let step = &steps[i];
+                let (reporter, base) = (inflight.reporter(i, step.attempts), step.attempts);
+                let job = self.job(step, &origin, contexts.for_agent(&step.agent));
+                inflight.spawn(async move {
+                    let (answer, count) = job.prepare(reporter).await;
                     Done {
                         index: i,
                         answer,
-                        attempts: step.attempts.saturating_add(count),
+                        attempts: base.saturating_add(count),
                     }
                 });
             }
-            let Some(batch) = inflight.next_batch().await else {
+            let Some(batch) = inflight.next_batch().await? else {
                 break;
             };
             let mut changed = apply_retrying(steps, batch.retrying);
@@ -693,9 +692,7 @@ impl Coordinator {
             _ => {}
         }
         let contexts = self.contexts(rb, steps).await?;
-        let (rollback_id, scope) = (rb.rollback_id.clone(), rb.scope.as_str());
-        let origin = call_origin(rb);
-        let origin = (origin.0.as_str(), origin.1.as_str());
+        let origin = Self::origin(rb);
         let mut order = ExecuteOrder::new(steps);
         let mut inflight = InFlight::new();
         let mut critical_failed = false;
@@ -716,23 +713,21 @@ impl Coordinator {
                 && inflight.len() < self.settings.max_concurrency.max(1)
             {
                 let Some(i) = order.next_ready() else { break };
-                let step = steps[i].clone();
-                let reporter = inflight.reporter(i, step.attempts);
-                let (rollback_id, context) =
-                    (rollback_id.as_str(), contexts.for_agent(&step.agent));
-                inflight.push(async move {
-                    let call = self.call_step(&step, rollback_id, scope, context, origin);
+                let step = &steps[i];
+                let (reporter, base) = (inflight.reporter(i, step.attempts), step.attempts);
+                let job = self.job(step, &origin, contexts.for_agent(&step.agent));
+                inflight.spawn(async move {
                     let started = std::time::Instant::now();
-                    let (answer, count) = self.execute_with(call, reporter).await;
+                    let (answer, count) = job.execute(reporter).await;
                     metrics::histogram!("unwind_rollback_step_seconds").record(started.elapsed());
                     Done {
                         index: i,
                         answer,
-                        attempts: step.attempts.saturating_add(count),
+                        attempts: base.saturating_add(count),
                     }
                 });
             }
-            let Some(batch) = inflight.next_batch().await else {
+            let Some(batch) = inflight.next_batch().await? else {
                 break;
             };
             let mut changed = apply_retrying(steps, batch.retrying);
@@ -797,64 +792,30 @@ impl Coordinator {
         self.finish(lease, rb, steps, None).await
     }
 
-    /// One step's agent call for this rollback.
-    fn call_step<'a>(
-        &self,
-        step: &'a StepRecord,
-        rollback_id: &'a str,
-        scope: &'a str,
-        context: &'a str,
-        (wid, start_jti): (&'a str, &'a str),
-    ) -> (StepCall<'a>, tokio::time::Instant) {
-        let call = StepCall {
-            agent: &step.agent,
-            rollback_uri: step.rollback_uri.as_deref().unwrap_or_default(),
-            rollback_id,
-            checkpoint_id: &step.checkpoint_id,
-            scope,
+    /// What every call of `rb` shares.
+    fn origin(rb: &RollbackRecord) -> CallOrigin {
+        CallOrigin {
+            rollback_id: Arc::from(rb.rollback_id.as_str()),
+            scope: rb.scope.as_str(),
+            wid: Arc::from(rb.wid.as_str()),
+            start_jti: Arc::from(rb.evidence_start.as_deref().unwrap_or_default()),
+        }
+    }
+
+    /// The call of `step` in the rollback of `origin`.
+    fn job(&self, step: &StepRecord, origin: &CallOrigin, context: Arc<str>) -> CallJob {
+        CallJob {
+            agents: self.agents.clone(),
+            agent: step.agent.clone(),
+            rollback_uri: step.rollback_uri.clone().unwrap_or_default(),
+            rollback_id: origin.rollback_id.clone(),
+            checkpoint_id: step.checkpoint_id.clone(),
+            scope: origin.scope,
             context,
-            wid,
-            start_jti,
-        };
-        // Each step's deadline starts with its first call.
-        (
-            call,
-            tokio::time::Instant::now() + self.settings.step_deadline,
-        )
-    }
-
-    /// Prepares until a final answer; also returns the number of calls made.
-    async fn prepare_with(
-        &self,
-        (call, deadline): (StepCall<'_>, tokio::time::Instant),
-        reporter: Reporter,
-    ) -> (Final<PrepareAnswer>, u32) {
-        let mut count = 0;
-        let answer = self
-            .agents
-            .prepare(&call, deadline, |r| {
-                count = r.attempt;
-                reporter.report(r);
-            })
-            .await;
-        (answer, count)
-    }
-
-    /// Executes until a final answer; also returns the number of calls made.
-    async fn execute_with(
-        &self,
-        (call, deadline): (StepCall<'_>, tokio::time::Instant),
-        reporter: Reporter,
-    ) -> (Final<ExecuteAnswer>, u32) {
-        let mut count = 0;
-        let answer = self
-            .agents
-            .execute(&call, deadline, |r| {
-                count = r.attempt;
-                reporter.report(r);
-            })
-            .await;
-        (answer, count)
+            wid: origin.wid.clone(),
+            start_jti: origin.start_jti.clone(),
+            deadline: tokio::time::Instant::now() + self.settings.step_deadline,
+        }
     }
 
     /// Writes the steps at `changed` in one transaction.
@@ -962,27 +923,85 @@ impl Coordinator {
     }
 }
 
-/// The workflow and `rollback_start` jti of a rollback's calls (what a circuit breaker ECT
-/// they trigger names).
-fn call_origin(rb: &RollbackRecord) -> (String, String) {
-    (
-        rb.wid.clone(),
-        rb.evidence_start.clone().unwrap_or_default(),
-    )
-}
-
 /// Each agent's `Execution-Context` for one rollback.
 struct Contexts {
     /// The rollback's `rollback_start`, for every agent its `aud` names.
-    shared: String,
+    shared: Arc<str>,
     /// Agents' own contexts, when the shared one could not name them all.
-    per_agent: HashMap<String, String>,
+    per_agent: HashMap<String, Arc<str>>,
 }
 
 impl Contexts {
-    fn for_agent(&self, agent: &str) -> &str {
-        self.per_agent.get(agent).unwrap_or(&self.shared)
+    fn for_agent(&self, agent: &str) -> Arc<str> {
+        self.per_agent.get(agent).unwrap_or(&self.shared).clone()
     }
+}
+
+/// One step's agent call, owned: calls run as tasks of their own, so that they keep moving
+/// while the driver writes their results. (Polled from inside the driver's task, a call
+/// suspended in the middle of a store query would hold a pool connection that the driver's
+/// own write is waiting for.)
+struct CallJob {
+    agents: Arc<AgentClient>,
+    agent: String,
+    rollback_uri: String,
+    rollback_id: Arc<str>,
+    checkpoint_id: String,
+    scope: &'static str,
+    context: Arc<str>,
+    wid: Arc<str>,
+    start_jti: Arc<str>,
+    /// Each step's deadline starts with its first call.
+    deadline: tokio::time::Instant,
+}
+
+impl CallJob {
+    fn call(&self) -> StepCall<'_> {
+        StepCall {
+            agent: &self.agent,
+            rollback_uri: &self.rollback_uri,
+            rollback_id: &self.rollback_id,
+            checkpoint_id: &self.checkpoint_id,
+            scope: self.scope,
+            context: &self.context,
+            wid: &self.wid,
+            start_jti: &self.start_jti,
+        }
+    }
+
+    /// Prepares until a final answer; also returns the number of calls made.
+    async fn prepare(self, reporter: Reporter) -> (Final<PrepareAnswer>, u32) {
+        let mut count = 0;
+        let answer = self
+            .agents
+            .prepare(&self.call(), self.deadline, |r| {
+                count = r.attempt;
+                reporter.report(r);
+            })
+            .await;
+        (answer, count)
+    }
+
+    /// Executes until a final answer; also returns the number of calls made.
+    async fn execute(self, reporter: Reporter) -> (Final<ExecuteAnswer>, u32) {
+        let mut count = 0;
+        let answer = self
+            .agents
+            .execute(&self.call(), self.deadline, |r| {
+                count = r.attempt;
+                reporter.report(r);
+            })
+            .await;
+        (answer, count)
+    }
+}
+
+/// What every call of one rollback shares.
+struct CallOrigin {
+    rollback_id: Arc<str>,
+    scope: &'static str,
+    wid: Arc<str>,
+    start_jti: Arc<str>,
 }
 
 /// A step's error as stored (details are cut at 500 characters).

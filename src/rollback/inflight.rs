@@ -1,4 +1,5 @@
-//! The agent calls of one phase that are in flight, and what they report before they end.
+//! The agent calls of one phase that are in flight (each a task of its own, aborted when the
+//! phase is left), and what they report before they end.
 //!
 //! The driver writes what it learns in batches: every result and retry report that has arrived
 //! by the time it looks is written in one transaction. Under load that is a handful of commits
@@ -8,9 +9,8 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinSet};
 
 use super::model::StepError;
 use crate::agents::{AttemptReport, Final};
@@ -67,18 +67,19 @@ pub(super) struct Batch<T> {
     pub done: Vec<Done<T>>,
 }
 
-/// Calls in flight (futures that end with a [`Done`]) and the channel of their retry reports.
-pub(super) struct InFlight<F> {
-    calls: FuturesUnordered<F>,
+/// Calls in flight (tasks that end with a [`Done`]) and the channel of their retry reports.
+/// Dropping it aborts the calls still running: a phase left early leaves none behind.
+pub(super) struct InFlight<T> {
+    calls: JoinSet<Done<T>>,
     reports: mpsc::UnboundedReceiver<Retrying>,
     reporter: mpsc::UnboundedSender<Retrying>,
 }
 
-impl<T, F: Future<Output = Done<T>>> InFlight<F> {
+impl<T: Send + 'static> InFlight<T> {
     pub fn new() -> Self {
         let (reporter, reports) = mpsc::unbounded_channel();
         Self {
-            calls: FuturesUnordered::new(),
+            calls: JoinSet::new(),
             reports,
             reporter,
         }
@@ -88,8 +89,8 @@ impl<T, F: Future<Output = Done<T>>> InFlight<F> {
         self.calls.len()
     }
 
-    pub fn push(&mut self, call: F) {
-        self.calls.push(call);
+    pub fn spawn(&mut self, call: impl Future<Output = Done<T>> + Send + 'static) {
+        self.calls.spawn(call);
     }
 
     /// The retry reporter of step `index`, whose attempts before this call were `base`.
@@ -102,10 +103,10 @@ impl<T, F: Future<Output = Done<T>>> InFlight<F> {
     }
 
     /// Waits until a call ends or reports a retry, then takes everything else that has already
-    /// happened. `None` when no call is in flight.
-    pub async fn next_batch(&mut self) -> Option<Batch<T>> {
+    /// happened. `None` when no call is in flight; an error when a call's task panicked.
+    pub async fn next_batch(&mut self) -> Result<Option<Batch<T>>, JoinError> {
         if self.calls.is_empty() {
-            return None;
+            return Ok(None);
         }
         let mut batch = Batch {
             retrying: Vec::new(),
@@ -113,16 +114,16 @@ impl<T, F: Future<Output = Done<T>>> InFlight<F> {
         };
         // `recv` cannot end: this value holds a sender.
         tokio::select! {
-            Some(d) = self.calls.next() => batch.done.push(d),
+            Some(d) = self.calls.join_next() => batch.done.push(d?),
             Some(r) = self.reports.recv() => batch.retrying.push(r),
         }
-        while let Some(Some(d)) = self.calls.next().now_or_never() {
-            batch.done.push(d);
+        while let Some(d) = self.calls.try_join_next() {
+            batch.done.push(d?);
         }
         // After the calls: a call that ended above sent its reports before it ended.
         while let Ok(r) = self.reports.try_recv() {
             batch.retrying.push(r);
         }
-        Some(batch)
+        Ok(Some(batch))
     }
 }
