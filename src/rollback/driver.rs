@@ -571,17 +571,14 @@ impl Coordinator {
         loop {
             while inflight.len() < self.settings.max_concurrency.max(1) {
                 let Some(i) = queue.next() else { break };
-                let step = &steps[i];
-                let (reporter, base) = (inflight.reporter(i, step.attempts), step.attempts);
-                let job = self.job(step, &origin, contexts.for_agent(&step.agent));
-                inflight.spawn(async move {
-                    let (answer, count) = job.prepare(reporter).await;
-                    Done {
-                        index: i,
-                        answer,
-                        attempts: base.saturating_add(count),
-                    }
-                });
+                self.launch(
+                    &mut inflight,
+                    i,
+                    &steps[i],
+                    &origin,
+                    &contexts,
+                    CallJob::prepare,
+                );
             }
             let Some(batch) = inflight.next_batch().await? else {
                 break;
@@ -713,19 +710,20 @@ impl Coordinator {
                 && inflight.len() < self.settings.max_concurrency.max(1)
             {
                 let Some(i) = order.next_ready() else { break };
-                let step = &steps[i];
-                let (reporter, base) = (inflight.reporter(i, step.attempts), step.attempts);
-                let job = self.job(step, &origin, contexts.for_agent(&step.agent));
-                inflight.spawn(async move {
+                let timed_execute = |job: CallJob, reporter| async move {
                     let started = std::time::Instant::now();
-                    let (answer, count) = job.execute(reporter).await;
+                    let outcome = job.execute(reporter).await;
                     metrics::histogram!("unwind_rollback_step_seconds").record(started.elapsed());
-                    Done {
-                        index: i,
-                        answer,
-                        attempts: base.saturating_add(count),
-                    }
-                });
+                    outcome
+                };
+                self.launch(
+                    &mut inflight,
+                    i,
+                    &steps[i],
+                    &origin,
+                    &contexts,
+                    timed_execute,
+                );
             }
             let Some(batch) = inflight.next_batch().await? else {
                 break;
@@ -790,6 +788,33 @@ impl Coordinator {
             return Ok(());
         }
         self.finish(lease, rb, steps, None).await
+    }
+
+    /// Starts step `i`'s call (`run`: prepare or execute) as a task of `inflight`.
+    fn launch<T, F, Fut>(
+        &self,
+        inflight: &mut InFlight<T>,
+        i: usize,
+        step: &StepRecord,
+        origin: &CallOrigin,
+        contexts: &Contexts,
+        run: F,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(CallJob, Reporter) -> Fut,
+        Fut: std::future::Future<Output = (Final<T>, u32)> + Send + 'static,
+    {
+        let base = step.attempts;
+        let job = self.job(step, origin, contexts.for_agent(&step.agent));
+        let call = run(job, inflight.reporter(i, base));
+        inflight.spawn(async move {
+            let (answer, count) = call.await;
+            Done {
+                index: i,
+                answer,
+                attempts: base.saturating_add(count),
+            }
+        });
     }
 
     /// What every call of `rb` shares.
