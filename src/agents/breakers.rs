@@ -288,7 +288,13 @@ impl Circuits {
     /// with `force`) and adopts a peer's change.
     async fn refresh(&self, agent: &str, force: bool) {
         let due = self.entry(agent, |e| {
-            force || e.fetched.is_none_or(|t| t.elapsed() >= SHARED_CACHE)
+            let due = force || e.fetched.is_none_or(|t| t.elapsed() >= SHARED_CACHE);
+            if due {
+                // One refresh per agent at a time: calls that find the copy stale meanwhile
+                // use it as it is rather than all asking the store at once.
+                e.fetched = Some(Instant::now());
+            }
+            due
         });
         if !due {
             return;
