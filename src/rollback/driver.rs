@@ -584,15 +584,9 @@ impl Coordinator {
                 break;
             };
             let mut changed = apply_retrying(steps, batch.retrying);
-            for Done {
-                index,
-                answer,
-                attempts,
-            } in batch.done
-            {
-                let step = &mut steps[index];
-                step.attempts = attempts;
-                step.next_attempt_at = None;
+            for done in batch.done {
+                let index = done.index;
+                let (step, answer) = settle(steps, done);
                 match answer {
                     Final::Answer(PrepareAnswer::Prepared) => {
                         step.prepare_status = PrepareStatus::Prepared;
@@ -729,15 +723,9 @@ impl Coordinator {
                 break;
             };
             let mut changed = apply_retrying(steps, batch.retrying);
-            for Done {
-                index,
-                answer,
-                attempts,
-            } in batch.done
-            {
-                let step = &mut steps[index];
-                step.attempts = attempts;
-                step.next_attempt_at = None;
+            for done in batch.done {
+                let index = done.index;
+                let (step, answer) = settle(steps, done);
                 match answer {
                     Final::Answer(a) => {
                         step.execute_status = match a.status {
@@ -1035,6 +1023,15 @@ pub(super) fn step_error(code: &str, detail: &str) -> StepError {
         code: code.to_string(),
         detail: detail.chars().take(500).collect(),
     }
+}
+
+/// A call that ended: its step with the final attempt count and no next attempt, and the
+/// answer for the phase to interpret.
+fn settle<T>(steps: &mut [StepRecord], done: Done<T>) -> (&mut StepRecord, Final<T>) {
+    let step = &mut steps[done.index];
+    step.attempts = done.attempts;
+    step.next_attempt_at = None;
+    (step, done.answer)
 }
 
 /// Retry reports applied to the steps; the indices of the steps they changed.
