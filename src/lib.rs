@@ -18,3 +18,4 @@ pub mod ledger;
 pub mod rollback;
 pub mod service;
 pub mod store;
+pub mod ui;

@@ -135,10 +135,22 @@ async fn resolve_escalation(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ResolveRequest>,
 ) -> Result<axum::Json<EscalationView>, ApiError> {
+    Ok(axum::Json(
+        resolve(&state, &caller, &id, body.comment).await?,
+    ))
+}
+
+/// Closes an escalation without a rollback decision (the API and the console's button).
+pub(crate) async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    comment: Option<String>,
+) -> Result<EscalationView, ApiError> {
     caller.require(Role::Operator)?;
-    if let Some(e) = state.store.get_escalation(&id).await?
+    if let Some(e) = state.store.get_escalation(id).await?
         && e.status == EscalationStatus::Open
-        && awaits_decision(&state, e.rollback_id.as_deref()).await?
+        && awaits_decision(state, e.rollback_id.as_deref()).await?
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -149,10 +161,10 @@ async fn resolve_escalation(
     let resolution = Resolution {
         decision: None,
         decided_by: caller.principal(),
-        comment: body.comment.map(|c| c.chars().take(1000).collect()),
+        comment: comment.map(|c| c.chars().take(1000).collect()),
     };
-    match state.hitl.escalations.resolve(&id, &resolution).await {
-        Ok(ResolveOutcome::Resolved(e)) => Ok(axum::Json(EscalationView::from(&e))),
+    match state.hitl.escalations.resolve(id, &resolution).await {
+        Ok(ResolveOutcome::Resolved(e)) => Ok(EscalationView::from(&e)),
         Ok(ResolveOutcome::NotOpen(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_open",

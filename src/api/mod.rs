@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api_router().split_for_parts();
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))

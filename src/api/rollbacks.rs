@@ -216,7 +216,25 @@ async fn create_rollback(
     caller: Caller,
     ApiJson(request): ApiJson<RollbackRequest>,
 ) -> Result<Response, ApiError> {
-    let requester = match &caller {
+    let (status, view) = request_rollback(&state, &caller, &request).await?;
+    let location = format!("/v1/rollbacks/{}", view.rollback_id);
+    let mut response = (status, axum::Json(view)).into_response();
+    if status == StatusCode::ACCEPTED
+        && let Ok(v) = HeaderValue::from_str(&location)
+    {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+/// What a rollback request does for `caller` (the API and the console's form): 202 and the new
+/// rollback, or 200 and the existing one for a repeated request.
+pub(crate) async fn request_rollback(
+    state: &AppState,
+    caller: &Caller,
+    request: &RollbackRequest,
+) -> Result<(StatusCode, RollbackView), ApiError> {
+    let requester = match caller {
         Caller::Operator { .. } => {
             caller.require(Role::Operator)?;
             Requester::Operator {
@@ -229,7 +247,7 @@ async fn create_rollback(
         },
     };
     state.rollback_limiter.check(requester.principal())?;
-    let outcome = submit(state.store.as_ref(), &request, &requester)
+    let outcome = submit(state.store.as_ref(), request, &requester)
         .await
         .map_err(|e| match e {
             SubmitError::Request(r) => request_error(r),
@@ -241,17 +259,9 @@ async fn create_rollback(
                 c.wake();
             }
             metrics::counter!("unwind_rollback_requests_total", "result" => "created").increment(1);
-            let location = format!("/v1/rollbacks/{}", r.rollback_id);
-            let view = resource(&state, &r.rollback_id).await?;
-            let mut response = (StatusCode::ACCEPTED, axum::Json(view)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(response)
+            Ok((StatusCode::ACCEPTED, resource(state, &r.rollback_id).await?))
         }
-        CreateOutcome::Replayed(r) => {
-            Ok(axum::Json(resource(&state, &r.rollback_id).await?).into_response())
-        }
+        CreateOutcome::Replayed(r) => Ok((StatusCode::OK, resource(state, &r.rollback_id).await?)),
         CreateOutcome::IdempotencyMismatch(r) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_mismatch",
@@ -341,6 +351,11 @@ async fn rollback_events(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Reader)?;
+    events(state, id).await
+}
+
+/// The rollback's event stream (the API's and the console's live page).
+pub(crate) async fn events(state: AppState, id: String) -> Result<Response, ApiError> {
     if state.store.get_rollback(&id).await?.is_none() {
         return Err(ApiError::not_found(format!("no rollback {id}")));
     }
@@ -411,8 +426,20 @@ async fn decide(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<DecisionRequest>,
 ) -> Result<axum::Json<RollbackView>, ApiError> {
+    Ok(axum::Json(
+        apply_decision(&state, &caller, &id, body).await?,
+    ))
+}
+
+/// An operator's decision (the API and the console's buttons).
+pub(crate) async fn apply_decision(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: DecisionRequest,
+) -> Result<RollbackView, ApiError> {
     caller.require(Role::Operator)?;
-    if state.store.get_rollback(&id).await?.is_none() {
+    if state.store.get_rollback(id).await?.is_none() {
         return Err(ApiError::not_found(format!("no rollback {id}")));
     }
     let (name, to) = match body.decision {
@@ -438,7 +465,7 @@ async fn decide(
     }
     match state
         .store
-        .transition_rollback(&id, RollbackStatus::AwaitingDecision, to, result)
+        .transition_rollback(id, RollbackStatus::AwaitingDecision, to, result)
         .await?
     {
         Some(decided) => {
@@ -449,7 +476,7 @@ async fn decide(
             if let Some(c) = &state.coordinator {
                 c.wake();
             }
-            Ok(axum::Json(resource(&state, &id).await?))
+            resource(state, id).await
         }
         None => Err(ApiError::new(
             StatusCode::CONFLICT,

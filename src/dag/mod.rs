@@ -7,9 +7,11 @@
 //! - [`order_batch`]: the ingest order of a batch of new tokens (parents first) and its cycles.
 //! - [`WorkflowGraph::to_json`], [`WorkflowGraph::to_dot`], [`WorkflowGraph::to_mermaid`]: the
 //!   renderings served by `GET /v1/workflows/{wid}/dag`.
+//! - [`layout::layered`]: node positions for the console's drawing of a workflow.
 
 mod batch;
 mod graph;
+pub mod layout;
 mod render;
 
 #[cfg(test)]

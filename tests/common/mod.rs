@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod browser;
 pub mod process;
 pub mod receiver;
 pub mod server;

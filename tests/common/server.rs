@@ -60,6 +60,12 @@ pub async fn servers_with(adjust: impl Fn(&mut Config)) -> Vec<TestServer> {
     out
 }
 
+/// One server on SQLite only (tests whose subject does not depend on the store, such as the
+/// console in a browser).
+pub async fn sqlite_server() -> TestServer {
+    start(super::test_store(super::DbKind::Sqlite).await, &|_| {}).await
+}
+
 async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServer {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();

@@ -1,0 +1,311 @@
+//! The console over plain HTTP on every configured store: signing in and the session cookie,
+//! roles, CSRF, escaping of agent- and operator-supplied text, security headers, and the
+//! actions landing in the same API state as their API counterparts.
+
+mod common;
+
+use common::agents::*;
+use common::server::*;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use serde_json::Value;
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `token`; returns the session cookie (`name=value`).
+async fn sign_in(s: &TestServer, token: &str) -> String {
+    let r = no_redirects()
+        .post(s.url("/ui/login"))
+        .form(&[("token", token), ("next", "/ui/rollbacks")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", s.name);
+    assert_eq!(r.headers()[LOCATION], "/ui/rollbacks");
+    let cookie = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(
+        !cookie.contains(token),
+        "the cookie does not show the token in clear"
+    );
+    cookie.split(';').next().unwrap().to_string()
+}
+
+async fn get(s: &TestServer, cookie: &str, path: &str) -> (StatusCode, String) {
+    let r = no_redirects()
+        .get(s.url(path))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.text().await.unwrap())
+}
+
+async fn post_form(
+    s: &TestServer,
+    cookie: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    no_redirects()
+        .post(s.url(path))
+        .header(COOKIE, cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Drawn nodes whose class list has `class`.
+fn nodes_with(page: &str, class: &str) -> usize {
+    page.split("class=\"node ")
+        .skip(1)
+        .filter(|rest| {
+            rest.split('"')
+                .next()
+                .unwrap_or("")
+                .split(' ')
+                .any(|c| c == class)
+        })
+        .count()
+}
+
+fn csrf_of(token: &str) -> String {
+    unwind::ui::csrf_token(token)
+}
+
+#[tokio::test]
+async fn signing_in_sets_a_protected_cookie_and_pages_need_it() {
+    for s in servers().await {
+        let client = no_redirects();
+        let r = client.get(s.url("/ui/rollbacks")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[LOCATION], "/ui/login?next=%2Fui%2Frollbacks");
+
+        let r = client
+            .post(s.url("/ui/login"))
+            .form(&[("token", "not-a-token")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.text().await.unwrap().contains("not known"));
+
+        // An offered `next` outside the console is not followed.
+        let r = client
+            .post(s.url("/ui/login"))
+            .form(&[("token", READER_TOKEN), ("next", "//evil.example/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()[LOCATION], "/ui/workflows");
+
+        let cookie = sign_in(&s, READER_TOKEN).await;
+        let r = client
+            .get(s.url("/ui/workflows"))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", s.name);
+        assert!(
+            r.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let csp = r.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+
+        // A forged cookie is no session.
+        let (status, _) = get(&s, "unwind_session=Zm9yZ2Vk", "/ui/workflows").await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+
+        let (status, body) = get(&s, &cookie, "/ui/no-such-page").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("code: <code>not_found</code>"), "{body}");
+
+        // The assets are served by Unwind itself.
+        let css = client
+            .get(s.url("/ui/assets/console.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(css.status(), StatusCode::OK);
+        let js = client
+            .get(s.url("/ui/assets/console.js"))
+            .send()
+            .await
+            .unwrap();
+        assert!(js.text().await.unwrap().contains("EventSource"));
+    }
+}
+
+#[tokio::test]
+async fn actions_need_an_operator_and_the_session_csrf_token() {
+    for s in servers().await {
+        let log = Log::default();
+        let a = start_agent(&s, "a", "prepared", 0, &log).await;
+        let b = start_agent(&s, "b", "prepared", 0, &log).await;
+        let wid = wid();
+        let (_, cp_b, _) = seed_figure(&s, &a, &b, &wid).await;
+
+        let reader = sign_in(&s, READER_TOKEN).await;
+        let r = post_form(
+            &s,
+            &reader,
+            "/ui/rollbacks",
+            &[("checkpoint_id", &cp_b), ("csrf", &csrf_of(READER_TOKEN))],
+        )
+        .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "{}: a reader cannot act",
+            s.name
+        );
+
+        let operator = sign_in(&s, OPERATOR_TOKEN).await;
+        let r = post_form(&s, &operator, "/ui/rollbacks", &[("checkpoint_id", &cp_b)]).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "no CSRF token, no action"
+        );
+        let r = post_form(
+            &s,
+            &operator,
+            "/ui/rollbacks",
+            &[("checkpoint_id", &cp_b), ("csrf", &csrf_of(READER_TOKEN))],
+        )
+        .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "another session's CSRF token"
+        );
+
+        let reason = "<script>alert('x')</script> & co";
+        let r = post_form(
+            &s,
+            &operator,
+            "/ui/rollbacks",
+            &[
+                ("checkpoint_id", cp_b.as_str()),
+                ("scope", "single"),
+                ("reason", reason),
+                ("on_cannot_prepare", "auto"),
+                ("csrf", csrf_of(OPERATOR_TOKEN).as_str()),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", s.name);
+        let location = r.headers()[LOCATION].to_str().unwrap().to_string();
+        let id = location
+            .strip_prefix("/ui/rollbacks/")
+            .unwrap()
+            .replace("%3A", ":");
+        let done = wait_for(&s, &id, &["completed", "partial", "failed"]).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["requested_by"], "operator:ops");
+        assert_eq!(done["scope"], "single");
+        assert_eq!(done["reason"], reason);
+
+        // What operators typed is shown as text, never as markup.
+        let (status, page) = get(&s, &operator, &location).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            page.contains("&lt;script&gt;alert('x')&lt;/script&gt; &amp; co"),
+            "{page}"
+        );
+        assert!(!page.contains("<script>alert"));
+
+        // A choice outside the offered ones is refused as the API would.
+        let r = post_form(
+            &s,
+            &operator,
+            "/ui/rollbacks",
+            &[
+                ("checkpoint_id", &cp_b),
+                ("scope", "everything"),
+                ("csrf", &csrf_of(OPERATOR_TOKEN)),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+        // Deciding a rollback that awaits nothing shows the API's code.
+        let r = post_form(
+            &s,
+            &operator,
+            &format!("{location}/decision"),
+            &[("decision", "abort"), ("csrf", &csrf_of(OPERATOR_TOKEN))],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(r.text().await.unwrap().contains("not_awaiting_decision"));
+
+        // The live page's stream, behind the session like the page.
+        let r = no_redirects()
+            .get(s.url(&format!("{location}/events")))
+            .header(COOKIE, &operator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let text = r.text().await.unwrap();
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let event: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(event["status"], "completed");
+    }
+}
+
+#[tokio::test]
+async fn the_dag_page_draws_every_node_and_the_selected_blast_radius() {
+    for s in servers().await {
+        let log = Log::default();
+        let a = start_agent(&s, "a", "prepared", 0, &log).await;
+        let b = start_agent(&s, "b", "prepared", 0, &log).await;
+        let wid = wid();
+        let figure = sign_figure(&a, &b, &wid).await;
+        s.ingest_ok(&figure.tokens).await;
+        let cookie = sign_in(&s, READER_TOKEN).await;
+
+        let (status, page) = get(&s, &cookie, &format!("/ui/workflows/{wid}")).await;
+        assert_eq!(status, StatusCode::OK, "{}", s.name);
+        assert_eq!(page.matches("data-jti=").count(), 5, "{page}");
+        assert_eq!(
+            nodes_with(&page, "in-blast"),
+            0,
+            "nothing selected, no blast radius"
+        );
+
+        let (_, page) = get(
+            &s,
+            &cookie,
+            &format!("/ui/workflows/{wid}?node={}", figure.a1),
+        )
+        .await;
+        // A1's blast radius: A1, B, B1, B2 (not A).
+        assert!(page.contains("4 nodes, 2 agents"), "{page}");
+        assert_eq!(nodes_with(&page, "in-blast"), 4, "{page}");
+        assert_eq!(nodes_with(&page, "selected"), 1);
+
+        let (status, _) = get(&s, &cookie, "/ui/workflows/no-such-workflow").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
