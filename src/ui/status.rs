@@ -93,10 +93,8 @@ pub async fn escalations(
         &session,
         Section::Escalations,
         "Escalations",
-        PageOptions {
-            refresh_s: Some(15),
-            script: false,
-        },
+        // No self-refresh here: it would wipe a comment being typed.
+        PageOptions::default(),
         body,
     ))
 }
