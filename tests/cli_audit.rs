@@ -11,10 +11,10 @@ use std::sync::Arc;
 use clap::CommandFactory;
 use common::agents::Figure;
 use common::process::{COORDINATOR_ID, CliOutput, ServeOptions, ServeSetup, run_cli, unwind};
-use common::server::{AGENT_PREFIX, OPERATOR_TOKEN};
+use common::server::{AGENT_PREFIX, OPERATOR_TOKEN, claims};
 use common::{DbKind, test_kinds};
-use serde_json::{Value, json};
-use unwind::ect::{KeyAlg, SigningKey};
+use serde_json::{Map, Value, json};
+use unwind::ect::{KeyAlg, Profile, SigningKey};
 use unwind_agent::reference::{Behaviour, Controls, ReferenceHandler};
 
 /// The exit code `unwind verify` documents for findings.
@@ -380,6 +380,111 @@ async fn a_file_that_is_not_an_export_exits_2_with_a_message() {
     let out = verify(&export, &["--jwks", cases[1].0.to_str().unwrap()]).await;
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("not a JWKS"), "{}", out.stderr);
+}
+
+/// The DAG and key rules on a hand-made export (tokens a ledger would never accept): every
+/// finding is expected, nothing else is reported, and a long-expired token is not one.
+#[tokio::test]
+async fn dag_rules_and_the_coordinator_key_are_checked_offline() {
+    let agent = SigningKey::generate(KeyAlg::ES256).unwrap();
+    let coordinator = SigningKey::generate(KeyAlg::ES256).unwrap();
+    let impostor = SigningKey::generate(KeyAlg::ES256).unwrap();
+    let wid = "wf-offline";
+    let sign =
+        |key: &SigningKey, jti: &str, parents: &[&str], edit: &dyn Fn(&mut Map<String, Value>)| {
+            let mut c = claims("a", jti, wid, "step", parents);
+            edit(&mut c);
+            key.sign_ect(&c, Profile::Draft00).unwrap()
+        };
+    let keep = |_: &mut Map<String, Value>| {};
+    let as_coordinator = |c: &mut Map<String, Value>| {
+        c.insert("iss".into(), json!(COORDINATOR_ID));
+    };
+    let iat = common::server::now();
+    let tokens = [
+        // Expired long ago: an old export must still verify.
+        (
+            "root",
+            sign(&agent, "root", &[], &|c| {
+                c.insert("iat".into(), json!(1_000));
+                c.insert("exp".into(), json!(2_000));
+            }),
+        ),
+        ("root", sign(&agent, "root", &[], &keep)),
+        (
+            "late",
+            sign(&agent, "late", &["root"], &|c| {
+                c.insert("iat".into(), json!(iat));
+            }),
+        ),
+        (
+            "early",
+            sign(&agent, "early", &["late"], &|c| {
+                c.insert("iat".into(), json!(iat - 3600));
+            }),
+        ),
+        ("c1", sign(&agent, "c1", &["c2"], &keep)),
+        ("c2", sign(&agent, "c2", &["c1"], &keep)),
+        (
+            "stray",
+            sign(&agent, "stray", &[], &|c| {
+                c.insert("wid".into(), json!("another-workflow"));
+            }),
+        ),
+        ("own", sign(&coordinator, "own", &["root"], &as_coordinator)),
+        (
+            "forged",
+            sign(&impostor, "forged", &["root"], &as_coordinator),
+        ),
+    ];
+    let keys: Vec<Value> = [&agent, &coordinator, &impostor]
+        .iter()
+        .map(|k| serde_json::to_value(k.public_jwk()).unwrap())
+        .collect();
+    let export = json!({
+        "format": "unwind-export/1",
+        "wid": wid,
+        "exported_at": "2026-12-01T00:00:00Z",
+        "coordinator_id": COORDINATOR_ID,
+        "keys": {"keys": keys},
+        "issuers": [
+            {"id": COORDINATOR_ID, "kids": [coordinator.kid()]},
+            {"id": format!("{AGENT_PREFIX}*"), "kids": [agent.kid(), impostor.kid()]},
+        ],
+        "rollbacks": [],
+        "tokens": tokens.iter().map(|(jti, token)| json!({"jti": jti, "token": token, "received_at": "2026-12-01T00:00:00Z"})).collect::<Vec<_>>(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hand-made.json");
+    write_json(&file, &export);
+    let out = verify(&file, &["--output", "json"]).await;
+    assert_eq!(out.code, FINDINGS, "{}\n{}", out.stdout, out.stderr);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut found: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().into(),
+                f["jti"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut want: Vec<(String, String)> = [
+        ("acyclic", "c1"),
+        ("acyclic", "c2"),
+        ("claims", "stray"),
+        ("coordinator", "forged"),
+        ("parent_order", "early"),
+        ("unique_jti", "root"),
+    ]
+    .iter()
+    .map(|(c, j)| (c.to_string(), j.to_string()))
+    .collect();
+    want.sort();
+    assert_eq!(found, want, "{report}");
 }
 
 /// Every leaf command's long help shows an `Example:` line.
