@@ -206,6 +206,7 @@ const EXPORT_PAGE: u32 = 1000;
 const MAX_EXPORT_JWKS_BYTES: usize = 1024 * 1024;
 
 /// A workflow's evidence in one document, for offline audit (`unwind verify`).
+// The schema of the answer; the handler writes it as an `ExportHead` followed by the tokens.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExportDocument {
     /// Always `unwind-export/1`.
