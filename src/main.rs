@@ -58,6 +58,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(cmd) => unwind::cli::bench::run(cmd).await,
         Command::BlastRadius(args) => unwind::cli::rollback::blast_radius(args).await,
         Command::Rollback(cmd) => unwind::cli::rollback::run(cmd).await,
+        Command::Dag(args) => unwind::cli::dag::run(args).await,
+        Command::Export(args) => unwind::cli::audit::export(args).await,
+        Command::Verify(args) => unwind::cli::audit::verify(args).await,
         Command::Openapi => {
             let doc = unwind::api::openapi()
                 .to_pretty_json()

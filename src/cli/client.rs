@@ -1,4 +1,5 @@
-//! The HTTP client shared by the operator commands (`blast-radius`, `rollback …`): where the
+//! The HTTP client shared by the operator commands (`blast-radius`, `rollback …`, `dag`,
+//! `export`): where the
 //! coordinator is, which token to send, and how its answers become exit codes.
 
 use std::path::PathBuf;
@@ -92,6 +93,29 @@ impl Client {
         json_body(response, &url).await
     }
 
+    /// Every item of a list endpoint, following `next_cursor` to the last page.
+    pub async fn get_all(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Vec<Value>, CliError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = query.to_vec();
+            if let Some(c) = &cursor {
+                q.push(("cursor", c));
+            }
+            let page = self.get(segments, &q).await?;
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                // A cursor that repeats would loop forever.
+                Some(next) if Some(next) != cursor.as_deref() => cursor = Some(next.to_string()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     pub async fn post(&self, segments: &[&str], body: &Value) -> Result<Value, CliError> {
         let url = self.url(segments, &[])?;
         let request = self.http.request(Method::POST, url.clone()).json(body);
@@ -101,11 +125,22 @@ impl Client {
 
     /// Opens a Server-Sent Events stream; the caller reads the body chunk by chunk.
     pub async fn events(&self, segments: &[&str]) -> Result<reqwest::Response, CliError> {
-        let url = self.url(segments, &[])?;
+        self.get_raw(segments, &[], "text/event-stream").await
+    }
+
+    /// A GET whose body the caller reads itself (text formats, large documents read chunk by
+    /// chunk); non-2xx answers are errors as with [`Client::get`].
+    pub async fn get_raw(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        accept: &str,
+    ) -> Result<reqwest::Response, CliError> {
+        let url = self.url(segments, query)?;
         let request = self
             .http
             .request(Method::GET, url.clone())
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+            .header(reqwest::header::ACCEPT, accept);
         self.send(request, &url).await
     }
 

@@ -1,10 +1,13 @@
 //! The `unwind` command line: the service (`serve`, `migrate`), tools for agent authors
 //! (`keys generate`, `ect sign|verify|decode`) and operator commands (`blast-radius`,
-//! `rollback …`). Exit codes: 0 success, 1 a refused token or a failed operation, 2 a usage or
-//! configuration error, 3 a rollback awaiting a decision (docs/cli.md).
+//! `rollback …`, `dag`, `export`, `verify`). Exit codes: 0 success, 1 a refused token or a
+//! failed operation, 2 a usage or configuration error, 3 a rollback awaiting a decision, 4 an
+//! audit with findings (docs/cli.md).
 
+pub mod audit;
 pub mod bench;
 pub mod client;
+pub mod dag;
 pub mod ect;
 pub mod rollback;
 
@@ -58,6 +61,21 @@ pub enum Command {
     /// Request, follow and decide on rollbacks.
     #[command(subcommand)]
     Rollback(rollback::RollbackCommand),
+    /// Show a workflow's DAG: a tree in the terminal, or Graphviz DOT / Mermaid.
+    ///
+    /// Example: unwind dag --wid wf-42 --format mermaid
+    Dag(dag::DagArgs),
+    /// Write a workflow's tokens, rollbacks and verification keys to one file for audit.
+    ///
+    /// Example: unwind export --wid wf-42 --out wf-42.export.json
+    Export(audit::ExportArgs),
+    /// Audit an export offline: signatures, claims, DAG rules and rollback evidence.
+    ///
+    /// Exit codes: 0 no findings, 4 findings (one line each: check, jti, detail), 2 a file
+    /// that cannot be read or is not an export.
+    ///
+    /// Example: unwind verify wf-42.export.json --jwks keys-from-the-coordinator.json
+    Verify(audit::VerifyArgs),
 }
 
 /// Where the configuration comes from: defaults < `--config` file < `UNWIND_*` < these flags.
@@ -99,6 +117,9 @@ pub enum CliError {
     /// A watched rollback stopped to wait for an operator's decision: exit code 3.
     #[error("{0}")]
     AwaitingDecision(String),
+    /// An audit (`unwind verify`) found something: exit code 4.
+    #[error("{0}")]
+    Findings(String),
 }
 
 impl CliError {
@@ -107,6 +128,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Failed(_) => 1,
             CliError::AwaitingDecision(_) => 3,
+            CliError::Findings(_) => audit::FINDINGS_EXIT_CODE,
         }
     }
 }

@@ -278,26 +278,14 @@ async fn create(args: CreateArgs) -> Result<(), CliError> {
 
 async fn list(args: ListArgs) -> Result<(), CliError> {
     let client = Client::new(&args.client)?;
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut query: Vec<(&str, &str)> = Vec::new();
-        if let Some(w) = &args.wid {
-            query.push(("wid", w));
-        }
-        if let Some(s) = &args.status {
-            query.push(("status", s));
-        }
-        if let Some(c) = &cursor {
-            query.push(("cursor", c));
-        }
-        let page = client.get(&["v1", "rollbacks"], &query).await?;
-        items.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(next) if Some(next) != cursor.as_deref() => cursor = Some(next.to_string()),
-            _ => break,
-        }
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if let Some(w) = &args.wid {
+        query.push(("wid", w));
     }
+    if let Some(s) = &args.status {
+        query.push(("status", s));
+    }
+    let items = client.get_all(&["v1", "rollbacks"], &query).await?;
     if client.output == Output::Json {
         return print_json(&json!({ "items": items, "next_cursor": null }));
     }
@@ -653,7 +641,7 @@ fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-fn print_json(v: &Value) -> Result<(), CliError> {
+pub(super) fn print_json(v: &Value) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Failed(e.to_string()))?;
     println!("{s}");
     Ok(())

@@ -51,6 +51,31 @@ pub fn assert_success(out: &std::process::Output, context: &str) {
     );
 }
 
+/// What a finished `unwind` command printed, and its exit code.
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Asserts exit code 0, showing both streams when it is not.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "{}\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs a prepared `unwind` command to its end.
+pub async fn run_cli(cmd: Command) -> CliOutput {
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A running `unwind serve`; killed when dropped.
 pub struct ServeProcess {
     child: Child,
@@ -208,6 +233,17 @@ impl ServeProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs the client command `unwind <args> --url <this service>` in `dir`, with the admin
+    /// token of its data directory.
+    pub async fn cli(&self, dir: &Path, args: &[&str]) -> CliOutput {
+        let mut c = unwind();
+        c.args(args)
+            .args(["--url", self.base()])
+            .env("UNWIND_DATA_DIR", &self.data_dir)
+            .current_dir(dir);
+        run_cli(c).await
     }
 
     /// GET with the operator token of a [`ServeSetup`] configuration; must answer 200.
