@@ -309,3 +309,69 @@ async fn the_dag_page_draws_every_node_and_the_selected_blast_radius() {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }
+
+/// Ingests a fan-out whose three children fail (a breadth-first cascade); returns (wid, fan).
+async fn breadth_first_cascade(s: &TestServer) -> (String, String) {
+    let w = wid();
+    let fan = format!("fan-{}", uuid::Uuid::new_v4());
+    s.ingest_ok(&[s.sign(&claims("x", &fan, &w, "dispatch", &[]))])
+        .await;
+    let children: Vec<String> = ["x", "y", "z"]
+        .iter()
+        .map(|agent| {
+            let jti = format!("err-{}", uuid::Uuid::new_v4());
+            s.sign(&claims(agent, &jti, &w, "error", &[&fan]))
+        })
+        .collect();
+    s.ingest_ok(&children).await;
+    (w, fan)
+}
+
+#[tokio::test]
+async fn the_on_call_pages_show_open_breakers_cascades_and_errors() {
+    let config = |c: &mut unwind::config::Config| {
+        short(c);
+        c.circuit.min_calls = 3;
+        c.circuit.cooldown_s = 30;
+        c.circuit.max_cooldown_s = 60;
+    };
+    for s in servers_with(config).await {
+        let log = Log::default();
+        let a = start_agent(&s, "flaky", "fail:1000", 0, &log).await;
+        let (cp, token) = a.checkpoint(&wid(), &[]).await;
+        s.ingest_ok(&[token]).await;
+        accepted(
+            &s,
+            serde_json::json!({"checkpoint_id": cp, "scope": "single"}),
+        )
+        .await;
+        let (w, fan) = breadth_first_cascade(&s).await;
+        let cookie = sign_in(&s, READER_TOKEN).await;
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let (circuits, cascades) = loop {
+            let (_, circuits) = get(&s, &cookie, "/ui/circuits").await;
+            let (_, cascades) = get(&s, &cookie, "/ui/cascades").await;
+            let open = circuits.contains(&format!(
+                "data-agent=\"{AGENT_PREFIX}flaky\"><td title=\"{AGENT_PREFIX}flaky\">flaky</td><td><span class=\"badge s-open\">"
+            ));
+            if open && cascades.contains("breadth first") {
+                break (circuits, cascades);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: no open breaker or cascade shown:\n{circuits}\n{cascades}",
+                s.name
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        assert!(circuits.contains("100 %"), "{circuits}");
+        assert!(
+            cascades.contains(&format!("?node={fan}")),
+            "the root cause links to its node"
+        );
+
+        let (_, dag) = get(&s, &cookie, &format!("/ui/workflows/{w}")).await;
+        assert_eq!(nodes_with(&dag, "k-error"), 3, "{dag}");
+    }
+}

@@ -136,7 +136,8 @@ pub fn draw(
             @for (i, node) in nodes.iter().enumerate() {
                 @let p = layout.placed[i];
                 @let look = looks[i];
-                a href=(link(&node.jti)) data-jti=(node.jti) {
+                a href=(link(&node.jti)) data-jti=(node.jti)
+                    aria-label={ (node.exec_act) " by " (agent_name(&node.iss)) ", " (look.description()) } {
                     g class=(look.classes()) transform={ "translate(" (p.x) "," (p.y) ")" } {
                         title { (node.exec_act) " by " (node.iss) " (" (look.description()) "), jti " (node.jti) }
                         rect width=(NODE_WIDTH) height=(NODE_HEIGHT) rx="5" {}
