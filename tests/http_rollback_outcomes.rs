@@ -484,7 +484,21 @@ async fn agents_may_ask_only_for_what_they_are_part_of() {
         assert_eq!(status, 202, "{}: {body}", s.name);
         assert_eq!(body["requested_by"], agent_id("b"), "{body}");
         let id = body["rollback_id"].as_str().unwrap().to_string();
-        wait_for(&s, &id, TERMINAL).await;
+        let done = wait_for(&s, &id, TERMINAL).await;
+
+        // Unwind's own evidence names the coordinator in `aud`, and agents receive it: it must
+        // not let its holder act as an agent (or as the coordinator).
+        let start = done["evidence"]["rollback_start"].as_str().unwrap();
+        let (_, record) = s.get_json(&format!("/v1/ects/{start}")).await;
+        let token = record["token"].as_str().unwrap();
+        let r = agent_request(&s, token, json!({"checkpoint_id": cp_a, "scope": "single"})).await;
+        assert_problem(
+            r,
+            401,
+            "unauthenticated",
+            "the coordinator's own rollback_start",
+        )
+        .await;
     }
 }
 

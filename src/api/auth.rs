@@ -144,6 +144,13 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Calle
             verified.push(ect);
         }
         let iss = verified[0].iss.clone();
+        // Unwind's own tokens (a `rollback_start` names the coordinator in `aud` and is sent to
+        // every agent of a rollback) are evidence, never credentials.
+        if iss == state.config.coordinator_id {
+            return Err(ApiError::unauthenticated(
+                "Execution-Context: tokens issued by this coordinator do not authenticate a caller",
+            ));
+        }
         if verified.iter().any(|e| e.iss != iss) {
             return Err(ApiError::unauthenticated(
                 "Execution-Context tokens name more than one issuer",
