@@ -11,7 +11,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::ect::Profile;
+pub use crate::ect::config::{EctConfig, TrustConfig, TrustIssuerConfig};
 
 /// The whole configuration of `unwind serve` (and of the client commands' defaults).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,61 +67,6 @@ impl Default for Config {
             cascade: CascadeConfig::default(),
         }
     }
-}
-
-/// `[ect]`: token verification and the names Unwind writes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct EctConfig {
-    /// Names used in tokens Unwind signs: `draft-00` or `draft-01`.
-    pub profile: Profile,
-    /// Accepted signature algorithms (asymmetric only): ES256, ES384, EdDSA, PS256, RS256.
-    pub algorithms: Vec<String>,
-    /// Tolerated clock difference for `iat`/`exp` and parent ordering, in seconds.
-    pub clock_skew_s: i64,
-    /// Largest parent list accepted.
-    pub max_parents: usize,
-    /// Largest compact token accepted, in bytes.
-    pub max_token_bytes: usize,
-}
-
-impl Default for EctConfig {
-    fn default() -> Self {
-        Self {
-            profile: Profile::Draft00,
-            algorithms: vec!["ES256".into()],
-            clock_skew_s: 60,
-            max_parents: 100,
-            max_token_bytes: 16 * 1024,
-        }
-    }
-}
-
-/// `[trust]`: the issuers whose tokens are accepted.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrustConfig {
-    pub issuers: Vec<TrustIssuerConfig>,
-    /// Least time between two fetches of one JWKS URL, in seconds (unknown-`kid` refresh).
-    pub jwks_refresh_min_interval_s: u64,
-    /// How long a fetched JWKS is used before it is fetched again, in seconds.
-    pub jwks_cache_ttl_s: u64,
-}
-
-/// `[[trust.issuers]]`: one trusted issuer, or a family of them (`id` ending in `/*`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrustIssuerConfig {
-    /// Exact issuer id, or a prefix ending in `/*` (e.g. `spiffe://example.com/agent/*`).
-    pub id: String,
-    /// JWKS file (relative paths are relative to the configuration file).
-    pub jwks_file: Option<PathBuf>,
-    /// JWKS URL, fetched and cached.
-    pub jwks_url: Option<String>,
-    /// Hosts this issuer's `cascade.rollback_uri` may name.
-    pub rollback_hosts: Vec<String>,
-    /// Allow plain `http` rollback URIs for these hosts (development, loopback).
-    pub allow_http: bool,
 }
 
 /// `[auth]`: operator bearer tokens.
@@ -628,6 +573,7 @@ fn figment_error(file: Option<&Path>, e: figment::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ect::Profile;
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("unwind.toml");

@@ -12,10 +12,12 @@ pub mod cascade;
 pub mod cli;
 pub mod config;
 pub mod dag;
-pub mod ect;
 pub mod hitl;
 pub mod ledger;
 pub mod rollback;
 pub mod service;
 pub mod store;
 pub mod ui;
+
+/// The token library, kept in its own crate so agents can use it without the coordinator.
+pub use unwind_ect as ect;

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use unwind::config::{TrustConfig, TrustIssuerConfig};
-use unwind::ect::{Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
+use unwind_ect::config::{TrustConfig, TrustIssuerConfig};
+use unwind_ect::{Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
 
 use crate::ects::{EXEC_ACT_VERIFICATION_FAILED, EctSigner, RollbackResult, SignError};
 use crate::store::{AnswerKey, CheckpointStore, Claim, StoreError, StoredCheckpoint, now_unix};
@@ -500,7 +500,7 @@ impl Agent {
         if ect.iss != self.inner.coordinator_id {
             return Err("not issued by the trusted coordinator".into());
         }
-        unwind::ect::verify::require_audience(&ect, self.id())
+        unwind_ect::verify::require_audience(&ect, self.id())
             .map_err(|r| format!("{}: {}", r.code, r.detail))?;
         if require_rollback_start && ect.exec_act != "rollback_start" {
             return Err(format!(

@@ -4,7 +4,7 @@
 //! addressed (`aud`) to the coordinator, which records it in its ledger.
 
 use serde_json::{Map, Value, json};
-use unwind::ect::{Profile, SigningKey};
+use unwind_ect::{Profile, SigningKey};
 
 use crate::store::{StoredCheckpoint, now_unix};
 

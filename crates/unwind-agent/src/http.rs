@@ -190,7 +190,7 @@ fn check_ids(request: RollbackRequest) -> Result<RollbackRequest, String> {
         ("rollback_id", &request.rollback_id),
         ("checkpoint_id", &request.checkpoint_id),
     ] {
-        if !unwind::ect::claims::is_valid_id(id) {
+        if !unwind_ect::claims::is_valid_id(id) {
             return Err(format!("{name} must be 1..=128 printable ASCII characters"));
         }
     }

@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use unwind::ect::{KeyAlg, SigningKey};
+//! use unwind_ect::{KeyAlg, SigningKey};
 //! use unwind_agent::{
 //!     Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, RestoreOutcome,
 //!     RollbackHandler, SnapshotKey, StoreOptions,

@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
-use unwind::ect::{KeyAlg, SigningKey};
 use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
 use unwind_agent::store::DEFAULT_QUOTA_BYTES;
 use unwind_agent::{
     Agent, CheckpointStore, CoordinatorKeys, EctSigner, SnapshotKey, StoreOptions, record_and_sign,
 };
+use unwind_ect::{KeyAlg, SigningKey};
 
 /// Environment variable that may carry the snapshot key (base64url, 32 bytes) instead of a file.
 const SNAPSHOT_KEY_ENV: &str = "UNWIND_AGENT_SNAPSHOT_KEY";

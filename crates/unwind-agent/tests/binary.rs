@@ -11,7 +11,7 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use unwind::ect::SigningKey;
+use unwind_ect::SigningKey;
 
 const BIN: &str = env!("CARGO_BIN_EXE_unwind-agent");
 

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use unwind::config::{TrustConfig, TrustIssuerConfig};
-use unwind::ect::{KeyAlg, Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
 use unwind_agent::store::now_unix;
 use unwind_agent::{
     Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, RestoreOutcome,
     RollbackHandler, SnapshotKey, StoreOptions,
 };
+use unwind_ect::config::{TrustConfig, TrustIssuerConfig};
+use unwind_ect::{KeyAlg, Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
 
 pub const COORDINATOR: &str = "spiffe://unwind.local/coordinator";
 pub const AGENT: &str = "spiffe://example.com/agent/b";

@@ -475,7 +475,7 @@ fn has_nul(v: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ect::testutil::{NOW, claims_with, obj};
+    use crate::testutil::{NOW, claims_with, obj};
     use serde_json::json;
 
     fn header() -> EctHeader {

@@ -550,8 +550,8 @@ fn load_jwks_file(issuer: &str, path: &Path) -> Result<KeyMap, TrustError> {
 mod tests {
     use super::*;
     use crate::config::TrustIssuerConfig;
-    use crate::ect::keys::{KeyAlg, SigningKey};
-    use crate::ect::testutil::jwks_file;
+    use crate::keys::{KeyAlg, SigningKey};
+    use crate::testutil::jwks_file;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn issuer(id: &str, path: &Path) -> TrustIssuerConfig {

@@ -361,9 +361,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ect::Profile;
-    use crate::ect::keys::KeyAlg;
-    use crate::ect::testutil::*;
+    use crate::Profile;
+    use crate::keys::KeyAlg;
+    use crate::testutil::*;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::json;
@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(ect.wid.as_deref(), Some("wf-1"));
         assert!(ect.parents.is_empty());
         assert_eq!(ect.token, token);
-        assert_eq!(ect.content_hash, crate::ect::sha256_hex(token.as_bytes()));
+        assert_eq!(ect.content_hash, crate::sha256_hex(token.as_bytes()));
         assert_eq!(ect.claims, claims("j1"));
         assert!(!ect.is_error());
     }

@@ -3,8 +3,13 @@
 //! Both draft revisions are read (-00: `typ` `wimse-exec+jwt`, `par`, `ext`; -01: `exec+jwt`,
 //! `pred`, `ect_ext`); verified tokens are normalised to one parent list and one `ext` object.
 //! Every refusal carries a [`RejectCode`], which is the `code` the HTTP API answers with.
+//!
+//! This crate is shared by the coordinator (`unwind`, which re-exports it as `unwind::ect`) and
+//! the agent library (`unwind-agent`), so an agent does not depend on the coordinator's
+//! database and server stack.
 
 pub mod claims;
+pub mod config;
 pub mod header;
 pub mod jws;
 pub mod keys;
@@ -18,13 +23,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use claims::{CheckpointInfo, is_error_node};
+pub use config::{EctConfig, TrustConfig, TrustIssuerConfig};
 pub use keys::{KeyAlg, KeyError, SigningKey};
 pub use trust::TrustStore;
 pub use verify::{Verifier, VerifyPolicy};
 
 /// Why a token (or a request carrying one) was refused. The serialised name is the API's
 /// error `code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RejectCode {
     Malformed,
