@@ -61,6 +61,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Dag(args) => unwind::cli::dag::run(args).await,
         Command::Export(args) => unwind::cli::audit::export(args).await,
         Command::Verify(args) => unwind::cli::audit::verify(args).await,
+        Command::Demo(args) => {
+            // The tour prints its own story; logs only for what goes wrong.
+            let mut quiet = Config::default();
+            quiet.log.level = "error".into();
+            init_logging(&quiet);
+            unwind::cli::demo::run(args).await
+        }
         Command::Openapi => {
             let doc = unwind::api::openapi()
                 .to_pretty_json()

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod dag;
+pub mod demo;
 pub mod ect;
 pub mod rollback;
 
@@ -76,6 +77,11 @@ pub enum Command {
     ///
     /// Example: unwind verify wf-42.export.json --jwks keys-from-the-coordinator.json
     Verify(audit::VerifyArgs),
+    /// A guided tour: Unwind and five reference agents on this machine, a network change that
+    /// fails, a circuit breaker, a cascade, a rollback and an escalation.
+    ///
+    /// Example: unwind demo --listen 127.0.0.1:8080 --data-dir ./unwind-demo
+    Demo(demo::DemoArgs),
 }
 
 /// Where the configuration comes from: defaults < `--config` file < `UNWIND_*` < these flags.

@@ -333,7 +333,7 @@ fn summary(client: &Client, resource: &Value) -> Result<(), CliError> {
 
 /// Follows the rollback's event stream until it ends, then maps its final state to an exit
 /// code: 0 completed, 1 any other terminal state, 3 awaiting a decision.
-async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
+pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
     let mut response = client.events(&["v1", "rollbacks", id, "events"]).await?;
     let stdout_tty = std::io::stdout().is_terminal();
     let mut view = match client.output {
