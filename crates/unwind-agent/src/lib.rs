@@ -54,6 +54,7 @@
 //! ```
 
 pub mod agent;
+pub mod cli;
 pub mod crypto;
 pub mod ects;
 pub mod http;

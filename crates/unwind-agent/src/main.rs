@@ -3,16 +3,15 @@
 //! - `unwind-agent serve ...` answers prepare/execute/probe calls as `--behaviour` programs.
 //! - `unwind-agent checkpoint ...` records a snapshot and prints its signed checkpoint ECT.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use tokio::io::AsyncWriteExt;
+use unwind_agent::cli::{CheckpointArgs, Cli, Command, Common, ServeArgs};
 use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
-use unwind_agent::store::DEFAULT_QUOTA_BYTES;
 use unwind_agent::{
     Agent, CheckpointStore, CoordinatorKeys, EctSigner, SnapshotKey, StoreOptions, record_and_sign,
 };
@@ -20,111 +19,6 @@ use unwind_ect::{KeyAlg, SigningKey};
 
 /// Environment variable that may carry the snapshot key (base64url, 32 bytes) instead of a file.
 const SNAPSHOT_KEY_ENV: &str = "UNWIND_AGENT_SNAPSHOT_KEY";
-
-#[derive(Parser)]
-#[command(
-    name = "unwind-agent",
-    version,
-    about = "Reference agent of the Unwind rollback protocol"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the agent protocol endpoints.
-    Serve(ServeArgs),
-    /// Record a checkpoint and print its signed checkpoint ECT.
-    Checkpoint(CheckpointArgs),
-}
-
-/// Identity and storage shared by both commands.
-#[derive(Args)]
-struct Common {
-    /// The agent's id (`iss` of its ECTs), a SPIFFE id.
-    #[arg(long, env = "UNWIND_AGENT_ID")]
-    id: String,
-    /// Private JWK file of the agent's signing key (an ES256 key is generated when missing).
-    #[arg(long)]
-    key: PathBuf,
-    /// Directory of the checkpoint database.
-    #[arg(long, default_value = "unwind-agent-data")]
-    data_dir: PathBuf,
-    /// File holding the snapshot encryption key (base64url, 32 bytes); default
-    /// `<data-dir>/snapshot.key`, generated when missing. `UNWIND_AGENT_SNAPSHOT_KEY` wins.
-    #[arg(long)]
-    snapshot_key: Option<PathBuf>,
-    /// Storage quota for encrypted snapshots, in bytes.
-    #[arg(long, default_value_t = DEFAULT_QUOTA_BYTES)]
-    quota_bytes: u64,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    #[command(flatten)]
-    common: Common,
-    /// Address to listen on (port 0: any free port; the real one is printed).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// Id of the one coordinator this agent obeys.
-    #[arg(long)]
-    coordinator_id: String,
-    /// JWKS file of the coordinator.
-    #[arg(
-        long,
-        conflicts_with = "coordinator_jwks_url",
-        required_unless_present = "coordinator_jwks_url"
-    )]
-    coordinator_jwks: Option<PathBuf>,
-    /// JWKS URL of the coordinator (e.g. `http://127.0.0.1:8080/.well-known/jwks.json`).
-    #[arg(long)]
-    coordinator_jwks_url: Option<String>,
-    /// Programmed answers, e.g. `slow:50,fail:2,execute=compensated` (see the reference module).
-    #[arg(long, default_value = "prepared")]
-    behaviour: String,
-    /// Enable `POST /_test/behaviour` and `GET /_test/calls` (tests and demos only).
-    #[arg(long)]
-    test_controls: bool,
-    /// Seconds between two purges of expired checkpoints.
-    #[arg(long, default_value_t = 60)]
-    purge_interval_s: u64,
-}
-
-#[derive(Args)]
-struct CheckpointArgs {
-    #[command(flatten)]
-    common: Common,
-    /// Workflow id of the checkpoint.
-    #[arg(long)]
-    wid: String,
-    /// File holding the state snapshot.
-    #[arg(long)]
-    snapshot: PathBuf,
-    /// The agent's rollback endpoint (`.../.well-known/cascade/rollback`).
-    #[arg(long)]
-    rollback_uri: Option<String>,
-    /// Parent ECT ids (repeatable).
-    #[arg(long = "par")]
-    par: Vec<String>,
-    /// Time to live, in seconds.
-    #[arg(long, default_value_t = 86_400)]
-    ttl: u64,
-    /// Target system of the checkpointed action.
-    #[arg(long)]
-    target: Option<String>,
-    /// Declare the action irreversible.
-    #[arg(long)]
-    irreversible: bool,
-    /// Audience of the token: the coordinator's id.
-    #[arg(
-        long = "aud",
-        alias = "coordinator-id",
-        default_value = "spiffe://unwind.local/coordinator"
-    )]
-    aud: String,
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {

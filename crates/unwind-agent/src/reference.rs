@@ -11,6 +11,9 @@
 //!
 //! `GET /_test/calls` counts protocol calls and lists every restore the agent ran, so a test
 //! can check that no checkpoint was executed twice for one `rollback_id`.
+//!
+//! The reference agent also publishes its public keys at `GET /.well-known/jwks.json`, so a
+//! coordinator can trust it with a `jwks_url` (docker-compose.yml does) instead of a copied file.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -205,13 +208,21 @@ impl RollbackHandler for ReferenceHandler {
     }
 }
 
-/// The agent's protocol routes with the programmable behaviour in front of them, plus
+/// Where the reference agent serves its public keys.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// The agent's protocol routes with the programmable behaviour in front of them, its public
+/// keys at [`JWKS_PATH`] (never delayed or failed: they are not part of the protocol), plus
 /// `/_test/behaviour` and `/_test/calls` when `test_controls` is set.
 pub fn router(agent: &Agent, controls: Arc<Controls>, test_controls: bool) -> Router {
-    let protocol = agent.router().layer(axum::middleware::from_fn_with_state(
-        controls.clone(),
-        behave,
-    ));
+    let jwks = agent.public_jwks();
+    let protocol = agent
+        .router()
+        .layer(axum::middleware::from_fn_with_state(
+            controls.clone(),
+            behave,
+        ))
+        .route(JWKS_PATH, get(move || async move { axum::Json(jwks) }));
     if !test_controls {
         return protocol;
     }

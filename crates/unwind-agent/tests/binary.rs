@@ -255,4 +255,11 @@ async fn serve_programmed_answers_and_no_test_controls_by_default() {
     )
     .await;
     assert_eq!(status, 404);
+    // The public keys are served, so a coordinator can trust the agent by URL.
+    let (status, jwks) = get(&base, unwind_agent::reference::JWKS_PATH, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        jwks,
+        serde_json::to_value(agent_key(dir.path()).public_jwks()).unwrap()
+    );
 }
