@@ -4,7 +4,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin unwind --bin unwind-agent
+# `-p` for each package: from the workspace root, cargo selects only the root package.
+RUN cargo build --release --locked -p unwind -p unwind-agent --bin unwind --bin unwind-agent
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

@@ -168,11 +168,20 @@ fn every_command_line_is_accepted_by_the_binaries() {
     assert_eq!(dockerfile_exec("ENTRYPOINT"), ["/usr/local/bin/unwind"]);
     unwind_accepts(&dockerfile_exec("CMD"), "Dockerfile CMD");
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
-    for bin in ["unwind", "unwind-agent"] {
+    let build = dockerfile
+        .lines()
+        .find(|l| l.starts_with("RUN cargo build"))
+        .expect("the build stage runs cargo build");
+    // Each binary's own package must be selected: from the workspace root cargo builds the
+    // root package only, and `--bin unwind-agent` alone is an error.
+    for (bin, package) in [("unwind", "unwind"), ("unwind-agent", "unwind-agent")] {
         assert!(
-            dockerfile.contains(&format!("--bin {bin}"))
-                && dockerfile.contains(&format!("/src/target/release/{bin} /usr/local/bin/{bin}")),
-            "the image builds and installs {bin}"
+            build.contains(&format!("--bin {bin}")) && build.contains(&format!("-p {package} ")),
+            "the image builds {bin} of package {package}: {build}"
+        );
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/{bin} /usr/local/bin/{bin}")),
+            "the image installs {bin}"
         );
     }
     unwind_accepts(&strings(&s["unwind"]["command"]), "compose unwind");

@@ -152,6 +152,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         _ = signal => None,
     };
     let outcome = match result {
+        None if demo.script => Err(CliError::Failed(
+            "demo: stopped by a signal before every outcome was checked".into(),
+        )),
         None => {
             println!("\nstopped by a signal");
             Ok(())
