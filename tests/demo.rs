@@ -67,6 +67,7 @@ fn scripted_demo_shows_every_outcome_and_exits_0() {
         "[ok]      escalation raised and decided: irreversible_checkpoint",
         "[ok]      rollback reached its expected end: partial (router completed, dns completed, notify escalated)",
         "[ok]      evidence present and verifying with the served JWKS: 5",
+        "[ok]      workflow export audits clean:",
         "demo: every expected outcome happened",
     ] {
         assert!(stdout.contains(line), "no `{line}`\n{shown}");

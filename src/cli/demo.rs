@@ -69,6 +69,8 @@ struct Demo {
     data_dir: PathBuf,
     token_file: PathBuf,
     client: Client,
+    /// The connection `client` was made from, for the CLI commands the demo reuses.
+    client_args: ClientArgs,
     http: reqwest::Client,
     fleet: Fleet,
     ect_config: crate::ect::EctConfig,
@@ -112,12 +114,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| CliError::Failed(format!("HTTP client: {e}")))?;
-    let client = Client::new(&ClientArgs {
+    let client_args = ClientArgs {
         url: base.clone(),
         token: None,
         data_dir: args.data_dir.clone(),
         output: Output::Text,
-    })?;
+    };
+    let client = Client::new(&client_args)?;
     let jwks = coordinator::served_jwks(&http, &base).await?;
     let fleet = Fleet::start(identities, &coordinator_id, jwks, &stop_rx).await?;
     phase(
@@ -135,6 +138,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         data_dir: args.data_dir.clone(),
         token_file,
         client,
+        client_args,
         http,
         fleet,
         ect_config,
@@ -390,7 +394,7 @@ impl Demo {
                 "customer mailing list",
                 false,
                 &wid,
-                &[update_dns],
+                std::slice::from_ref(&update_dns),
             )
             .await?;
         self.record(&t).await?;
@@ -496,10 +500,11 @@ impl Demo {
         report.insert("cascade.error_rate".into(), json!(1.0));
         report.insert("cascade.window_s".into(), json!(30));
         report.insert("cascade.cooldown_s".into(), json!(30));
+        // Its report hangs below its own DNS update, during which it saw the router fail.
         let (_, t) = dns.action(
             "circuit_breaker_open",
             &wid,
-            std::slice::from_ref(&story.checkpoints[1].1),
+            std::slice::from_ref(&update_dns),
             report,
         )?;
         self.record(&t).await?;
@@ -596,6 +601,10 @@ impl Demo {
     async fn where_to_look(&self, story: &Story) {
         let id = story.rollback_id.as_deref().unwrap_or("<rollback id>");
         let error = story.error_jti.as_deref().unwrap_or("<error jti>");
+        let cp_router = story
+            .checkpoints
+            .first()
+            .map_or("<router checkpoint>", |(_, jti)| jti.as_str());
         println!("\nWhere to look");
         println!("  console     {}/ui", self.base);
         println!(
@@ -640,12 +649,13 @@ impl Demo {
         );
         for command in [
             format!("unwind rollback get {id}"),
-            format!("unwind blast-radius {error}"),
+            format!("unwind blast-radius {cp_router}   # what undoing the router's change touches"),
             format!("unwind dag --wid {}", story.wid),
             format!(
-                "unwind export --wid {w} > {w}.json && unwind verify {w}.json",
+                "unwind export --wid {w} --out {w}.export.json",
                 w = story.wid
             ),
+            format!("unwind verify {}.export.json", story.wid),
         ] {
             println!("              {command}");
         }

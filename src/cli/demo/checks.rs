@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{Demo, Story, coordinator, str_of};
 use crate::cli::CliError;
+use crate::cli::audit::{self, Audit, ExportArgs};
 use crate::ect::{TrustConfig, TrustStore, Verifier, VerifyPolicy};
 
 pub fn is_terminal(status: &str) -> bool {
@@ -121,8 +122,50 @@ pub async fn run(demo: &Demo, story: &Story) -> Checklist {
                 Err(e) => Err(e.clone()),
             },
         },
+        Check {
+            name: "workflow export audits clean",
+            result: audit_export(demo, story).await,
+        },
     ];
     Checklist(checks)
+}
+
+/// What `unwind export` writes for the workflow passes every check of `unwind verify`.
+async fn audit_export(demo: &Demo, story: &Story) -> Result<String, String> {
+    let path = demo.data_dir.join(format!("{}.export.json", story.wid));
+    audit::export(ExportArgs {
+        wid: story.wid.clone(),
+        out: Some(path.clone()),
+        client: demo.client_args.clone(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (file, skew) = (path.clone(), demo.ect_config.clock_skew_s);
+    // Signature checks are CPU work: off the async threads, as `unwind verify` does.
+    let (audited, findings) = tokio::task::spawn_blocking(move || {
+        Audit::load(&file, None, skew).map(|a| {
+            let findings = audit::checks::run(&a);
+            (a, findings)
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    if let Some(f) = findings.first() {
+        return Err(format!(
+            "{} finding(s), first: {} {} {}",
+            findings.len(),
+            f.check,
+            f.jti,
+            f.detail
+        ));
+    }
+    Ok(format!(
+        "{} tokens, {} rollback(s), no findings ({})",
+        audited.tokens.len(),
+        audited.rollbacks.len(),
+        path.display()
+    ))
 }
 
 async fn escalation(demo: &Demo, story: &Story) -> Result<String, String> {
