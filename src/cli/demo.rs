@@ -55,7 +55,7 @@ const BREAKER_COOLDOWN_S: u64 = 3;
 struct Story {
     wid: String,
     error_jti: Option<String>,
-    checkpoints: Vec<(String, String)>,
+    router_checkpoint: Option<String>,
     rollback_id: Option<String>,
     breaker_ect: Option<String>,
     cascade_ect: Option<String>,
@@ -405,11 +405,7 @@ impl Demo {
             Map::new(),
         )?;
         self.record(&t).await?;
-        story.checkpoints = vec![
-            (router.id().to_string(), cp_router),
-            (dns.id().to_string(), cp_dns),
-            (notify.id().to_string(), cp_notify),
-        ];
+        story.router_checkpoint = Some(cp_router);
         phase(
             3,
             "workflow",
@@ -602,9 +598,9 @@ impl Demo {
         let id = story.rollback_id.as_deref().unwrap_or("<rollback id>");
         let error = story.error_jti.as_deref().unwrap_or("<error jti>");
         let cp_router = story
-            .checkpoints
-            .first()
-            .map_or("<router checkpoint>", |(_, jti)| jti.as_str());
+            .router_checkpoint
+            .as_deref()
+            .unwrap_or("<router checkpoint>");
         println!("\nWhere to look");
         println!("  console     {}/ui", self.base);
         println!(
@@ -613,6 +609,9 @@ impl Demo {
         );
         println!("  workflow    {}", story.wid);
         println!("  rollback    {id}");
+        if let Some(escalation) = &story.escalation_id {
+            println!("  escalation  {escalation} (the irreversible notification)");
+        }
         println!("  failure     {error} (the router's error ECT)");
         let mut evidence = vec![
             ("circuit_breaker_open", story.breaker_ect.clone()),
