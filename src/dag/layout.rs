@@ -4,15 +4,15 @@
 //! Sugiyama-style, kept simple because workflows are mostly chains with some fan-out: each node
 //! goes in the layer of its longest path from a root (so every edge points to a later layer), the
 //! order inside a layer is improved by a few barycenter sweeps (fewer crossings), and layers are
-//! columns from left to right, which suits a laptop screen.
+//! rows from top to bottom: workflows are long and narrow, and a page scrolls down, not across.
 
 use super::WorkflowGraph;
 
 /// Size of a node box and the gaps between them, in SVG user units.
 pub const NODE_WIDTH: f64 = 168.0;
 pub const NODE_HEIGHT: f64 = 46.0;
-const GAP_X: f64 = 64.0;
-const GAP_Y: f64 = 22.0;
+const GAP_X: f64 = 24.0;
+const GAP_Y: f64 = 26.0;
 const MARGIN: f64 = 16.0;
 /// Barycenter sweeps (down and up count as one each); more rarely helps small graphs.
 const SWEEPS: usize = 6;
@@ -22,7 +22,7 @@ const SWEEPS: usize = 6;
 pub struct Placed {
     pub index: usize,
     pub layer: usize,
-    /// Position inside its layer, 0 at the top.
+    /// Position inside its layer, 0 at the left.
     pub order: usize,
     /// Top-left corner of the node box.
     pub x: f64,
@@ -39,16 +39,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The centre of a node's right edge (where its outgoing edges start).
+    /// The centre of a node's bottom edge (where its outgoing edges start).
     pub fn out_port(&self, index: usize) -> (f64, f64) {
         let p = &self.placed[index];
-        (p.x + NODE_WIDTH, p.y + NODE_HEIGHT / 2.0)
+        (p.x + NODE_WIDTH / 2.0, p.y + NODE_HEIGHT)
     }
 
-    /// The centre of a node's left edge (where its incoming edges end).
+    /// The centre of a node's top edge (where its incoming edges end).
     pub fn in_port(&self, index: usize) -> (f64, f64) {
         let p = &self.placed[index];
-        (p.x, p.y + NODE_HEIGHT / 2.0)
+        (p.x + NODE_WIDTH / 2.0, p.y)
     }
 }
 
@@ -65,12 +65,12 @@ pub fn layered(graph: &WorkflowGraph) -> Layout {
     let layers = layer.iter().copied().max().map_or(0, |m| m + 1);
 
     // Start from ledger order inside each layer, then sweep.
-    let mut columns: Vec<Vec<usize>> = vec![Vec::new(); layers];
+    let mut rows: Vec<Vec<usize>> = vec![Vec::new(); layers];
     for (v, &l) in layer.iter().enumerate() {
-        columns[l].push(v);
+        rows[l].push(v);
     }
     let mut position = vec![0usize; n];
-    renumber(&columns, &mut position);
+    renumber(&rows, &mut position);
     for sweep in 0..SWEEPS {
         let downward = sweep % 2 == 0;
         let range: Vec<usize> = if downward {
@@ -80,13 +80,13 @@ pub fn layered(graph: &WorkflowGraph) -> Layout {
         };
         for l in range {
             let neighbours = if downward { &parents } else { &children };
-            reorder_by_barycenter(&mut columns[l], neighbours, &position);
-            renumber(&columns, &mut position);
+            reorder_by_barycenter(&mut rows[l], neighbours, &position);
+            renumber(&rows, &mut position);
         }
     }
 
-    let tallest = columns.iter().map(Vec::len).max().unwrap_or(0);
-    let step_y = NODE_HEIGHT + GAP_Y;
+    let widest = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let step_x = NODE_WIDTH + GAP_X;
     let mut placed = vec![
         Placed {
             index: 0,
@@ -97,28 +97,28 @@ pub fn layered(graph: &WorkflowGraph) -> Layout {
         };
         n
     ];
-    for (l, column) in columns.iter().enumerate() {
-        // Centre short columns against the tallest one.
-        let offset = (tallest - column.len()) as f64 * step_y / 2.0;
-        for (order, &v) in column.iter().enumerate() {
+    for (l, row) in rows.iter().enumerate() {
+        // Centre short rows against the widest one.
+        let offset = (widest - row.len()) as f64 * step_x / 2.0;
+        for (order, &v) in row.iter().enumerate() {
             placed[v] = Placed {
                 index: v,
                 layer: l,
                 order,
-                x: MARGIN + l as f64 * (NODE_WIDTH + GAP_X),
-                y: MARGIN + offset + order as f64 * step_y,
+                x: MARGIN + offset + order as f64 * step_x,
+                y: MARGIN + l as f64 * (NODE_HEIGHT + GAP_Y),
             };
         }
     }
-    let width = if layers == 0 {
+    let width = if widest == 0 {
         0.0
     } else {
-        2.0 * MARGIN + layers as f64 * NODE_WIDTH + (layers - 1) as f64 * GAP_X
+        2.0 * MARGIN + widest as f64 * NODE_WIDTH + (widest - 1) as f64 * GAP_X
     };
-    let height = if tallest == 0 {
+    let height = if layers == 0 {
         0.0
     } else {
-        2.0 * MARGIN + tallest as f64 * NODE_HEIGHT + (tallest - 1) as f64 * GAP_Y
+        2.0 * MARGIN + layers as f64 * NODE_HEIGHT + (layers - 1) as f64 * GAP_Y
     };
     Layout {
         placed,
@@ -148,9 +148,9 @@ fn longest_path_layers(parents: &[Vec<usize>], children: &[Vec<usize>]) -> Vec<u
     layer
 }
 
-fn renumber(columns: &[Vec<usize>], position: &mut [usize]) {
-    for column in columns {
-        for (i, &v) in column.iter().enumerate() {
+fn renumber(rows: &[Vec<usize>], position: &mut [usize]) {
+    for row in rows {
+        for (i, &v) in row.iter().enumerate() {
             position[v] = i;
         }
     }
@@ -158,7 +158,7 @@ fn renumber(columns: &[Vec<usize>], position: &mut [usize]) {
 
 /// Sorts a layer by the mean position of each node's neighbours in the adjacent layer; nodes
 /// without neighbours keep their place (a stable sort on their current position).
-fn reorder_by_barycenter(column: &mut [usize], neighbours: &[Vec<usize>], position: &[usize]) {
+fn reorder_by_barycenter(row: &mut [usize], neighbours: &[Vec<usize>], position: &[usize]) {
     let key = |v: usize| -> f64 {
         let ns = &neighbours[v];
         if ns.is_empty() {
@@ -167,7 +167,7 @@ fn reorder_by_barycenter(column: &mut [usize], neighbours: &[Vec<usize>], positi
             ns.iter().map(|&u| position[u] as f64).sum::<f64>() / ns.len() as f64
         }
     };
-    column.sort_by(|&a, &b| {
+    row.sort_by(|&a, &b| {
         key(a)
             .total_cmp(&key(b))
             .then(position[a].cmp(&position[b]))
@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn every_edge_points_to_a_later_column() {
+    fn every_edge_points_to_a_later_row() {
         // A diamond with a shortcut: d's longest path is a-b-c-d, so d sits in layer 3.
         let g = graph(vec![
             node("a", &[]),
@@ -209,7 +209,7 @@ mod tests {
         for (from, to) in g.edge_positions() {
             let (f, t) = (layout.placed[from], layout.placed[to]);
             assert!(f.layer < t.layer, "edge {from}->{to}");
-            assert!(f.x + NODE_WIDTH < t.x);
+            assert!(f.y + NODE_HEIGHT < t.y);
         }
         assert_eq!(layout.placed[3].layer, 3);
     }

@@ -115,7 +115,7 @@ pub fn draw(
 ) -> Markup {
     let nodes = graph.nodes();
     let label = format!(
-        "Workflow DAG: {} nodes, {} edges, work flows left to right",
+        "Workflow DAG: {} nodes, {} edges, work flows from top to bottom",
         nodes.len(),
         graph.edge_count()
     );
@@ -127,10 +127,10 @@ pub fn draw(
                 @for (from, to) in graph.edge_positions() {
                     @let (x1, y1) = layout.out_port(from);
                     @let (x2, y2) = layout.in_port(to);
-                    @let mid = (x1 + x2) / 2.0;
+                    @let mid = (y1 + y2) / 2.0;
                     @let hot = looks[from].in_blast && looks[to].in_blast;
                     path class=(if hot { "edge in-blast" } else { "edge" })
-                        d={ "M" (x1) "," (y1) " C" (mid) "," (y1) " " (mid) "," (y2) " " (x2) "," (y2) } {}
+                        d={ "M" (x1) "," (y1) " C" (x1) "," (mid) " " (x2) "," (mid) " " (x2) "," (y2) } {}
                 }
             }
             @for (i, node) in nodes.iter().enumerate() {
