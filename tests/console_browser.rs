@@ -34,18 +34,44 @@ async fn sign_in(c: &Client, base: &str, token: &str) {
     wait_for_text(c, "h1", "Workflows").await;
 }
 
+/// A server with agents a and b and the seed figure ingested in a new workflow.
+struct Seeded {
+    s: TestServer,
+    a: TestAgent,
+    bee: TestAgent,
+    wid: String,
+    figure: Figure,
+}
+
+async fn seeded(b_delay_ms: u64) -> Seeded {
+    let s = sqlite_server().await;
+    let log = Log::default();
+    let a = start_agent(&s, "a", "prepared", 0, &log).await;
+    let bee = start_agent(&s, "b", "prepared", b_delay_ms, &log).await;
+    let wid = wid();
+    let figure = sign_figure(&a, &bee, &wid).await;
+    s.ingest_ok(&figure.tokens).await;
+    Seeded {
+        s,
+        a,
+        bee,
+        wid,
+        figure,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_rolls_back_from_the_dag_and_decides_an_escalation() {
     let Some(b) = browser::start().await else {
         return;
     };
-    let s = sqlite_server().await;
-    let log = Log::default();
-    let a = start_agent(&s, "a", "prepared", 0, &log).await;
-    let bee = start_agent(&s, "b", "prepared", 300, &log).await;
-    let wid = wid();
-    let figure = sign_figure(&a, &bee, &wid).await;
-    s.ingest_ok(&figure.tokens).await;
+    let Seeded {
+        s,
+        a,
+        bee,
+        wid,
+        figure,
+    } = seeded(300).await;
 
     let base = s.base.clone();
     b.run("operator_rolls_back", |c| async move {
@@ -201,13 +227,7 @@ async fn a_reader_sees_the_console_without_its_actions() {
     let Some(b) = browser::start().await else {
         return;
     };
-    let s = sqlite_server().await;
-    let log = Log::default();
-    let a = start_agent(&s, "a", "prepared", 0, &log).await;
-    let bee = start_agent(&s, "b", "prepared", 0, &log).await;
-    let wid = wid();
-    let figure = sign_figure(&a, &bee, &wid).await;
-    s.ingest_ok(&figure.tokens).await;
+    let Seeded { s, wid, figure, .. } = seeded(0).await;
     let base = s.base.clone();
     b.run("reader_read_only", |c| async move {
         sign_in(&c, &base, READER_TOKEN).await;
