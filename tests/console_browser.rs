@@ -19,18 +19,8 @@ async fn sign_in(c: &Client, base: &str, token: &str) {
         "/ui/login",
         "an anonymous visit asks to sign in"
     );
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser::type_into(c, "#token", token).await;
+    browser::click(c, Locator::Css("form button[type=submit]")).await;
     wait_for_text(c, "h1", "Workflows").await;
 }
 
@@ -78,24 +68,15 @@ async fn an_operator_rolls_back_from_the_dag_and_decides_an_escalation() {
         sign_in(&c, &base, OPERATOR_TOKEN).await;
 
         // The workflow list links to the workflow; its DAG has the five nodes.
-        c.find(Locator::LinkText(&wid))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser::click(&c, Locator::LinkText(&wid)).await;
         wait_for_text(&c, "h1", &wid).await;
-        let nodes = c
-            .find_all(Locator::Css("svg.dag a[data-jti]"))
-            .await
-            .unwrap();
-        assert_eq!(nodes.len(), 5, "one drawn node per ECT");
-        let checkpoints = c
-            .find_all(Locator::Css("svg.dag .k-checkpoint"))
-            .await
-            .unwrap();
         assert_eq!(
-            checkpoints.len(),
+            browser::count(&c, "svg.dag a[data-jti]").await,
+            5,
+            "one drawn node per ECT"
+        );
+        assert_eq!(
+            browser::count(&c, "svg.dag .k-checkpoint").await,
             2,
             "both checkpoints are drawn as checkpoints"
         );
@@ -103,42 +84,19 @@ async fn an_operator_rolls_back_from_the_dag_and_decides_an_escalation() {
 
         // Selecting checkpoint B highlights B, B1 and B2: its blast radius.
         let node_b = format!("svg.dag a[data-jti='{}']", figure.cp_b);
-        c.find(Locator::Css(&node_b))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser::click(&c, Locator::Css(&node_b)).await;
         wait_for_text(&c, "#blast-summary", "3 nodes").await;
-        let hot = c
-            .find_all(Locator::Css("svg.dag .node.in-blast"))
-            .await
-            .unwrap();
-        assert_eq!(hot.len(), 3);
-        assert_eq!(
-            c.find_all(Locator::Css("svg.dag .node.selected"))
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(browser::count(&c, "svg.dag .node.in-blast").await, 3);
+        assert_eq!(browser::count(&c, "svg.dag .node.selected").await, 1);
         browser::save_screenshot(&c, "blast-radius").await;
 
         // Start a rollback from the node; the rollback page follows it to the end.
-        c.find(Locator::Css("#reason"))
-            .await
-            .unwrap()
-            .send_keys("DNS update broke resolution")
-            .await
-            .unwrap();
-        c.find(Locator::XPath(
-            "//button[normalize-space()='Start rollback']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        browser::type_into(&c, "#reason", "DNS update broke resolution").await;
+        browser::click(
+            &c,
+            Locator::XPath("//button[normalize-space()='Start rollback']"),
+        )
+        .await;
         wait_for_text(&c, "h1", "Rollback").await;
         assert!(path(&c).await.starts_with("/ui/rollbacks/urn"));
         wait_for_text(&c, "#rollback-status", "completed").await;
@@ -151,18 +109,13 @@ async fn an_operator_rolls_back_from_the_dag_and_decides_an_escalation() {
         browser::save_screenshot(&c, "rollback-completed").await;
 
         // Back on the DAG the checkpoint shows as rolled back.
-        c.find(Locator::LinkText(&wid))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser::click(&c, Locator::LinkText(&wid)).await;
         wait_for_text(&c, "h1", &wid).await;
-        let rolled = c
-            .find_all(Locator::Css("svg.dag .st-rolled-back"))
-            .await
-            .unwrap();
-        assert_eq!(rolled.len(), 1, "B is rolled back");
+        assert_eq!(
+            browser::count(&c, "svg.dag .st-rolled-back").await,
+            1,
+            "B is rolled back"
+        );
     })
     .await;
     assert_eq!(bee.calls().1, 1, "agent b executed its restore once");
@@ -186,27 +139,17 @@ async fn an_operator_rolls_back_from_the_dag_and_decides_an_escalation() {
     let decided = id.clone();
     b.run("operator_decides", |c| async move {
         sign_in(&c, &base, OPERATOR_TOKEN).await;
-        c.find(Locator::LinkText("Escalations"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser::click(&c, Locator::LinkText("Escalations")).await;
         wait_for_text(&c, "h1", "Escalations").await;
         wait_for_text(&c, "main", "critical cannot prepare").await;
         browser::save_screenshot(&c, "escalations").await;
-        c.find(Locator::Css("textarea[name=comment]"))
-            .await
-            .unwrap()
-            .send_keys("b is fine; roll back what we can")
-            .await
-            .unwrap();
-        c.find(Locator::Css("button[value=proceed_partial]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser::type_into(
+            &c,
+            "textarea[name=comment]",
+            "b is fine; roll back what we can",
+        )
+        .await;
+        browser::click(&c, Locator::Css("button[value=proceed_partial]")).await;
         wait_for_text(&c, "main", "Nothing needs a person right now.").await;
         wait_for_text(&c, "main", "proceed_partial").await;
 
@@ -237,10 +180,7 @@ async fn a_reader_sees_the_console_without_its_actions() {
         wait_for_text(&c, "#blast-summary", "5 nodes").await;
         wait_for_text(&c, "aside", "actions need an operator token").await;
         assert!(
-            c.find_all(Locator::Css("form[action='/ui/rollbacks']"))
-                .await
-                .unwrap()
-                .is_empty(),
+            browser::count(&c, "form[action='/ui/rollbacks']").await == 0,
             "no rollback form for a reader"
         );
         // Keyboard: the nodes are links, reachable with Tab.

@@ -164,3 +164,30 @@ pub async fn save_screenshot(client: &Client, name: &str) {
         let _ = std::fs::write(dir.join(format!("{name}.png")), png);
     }
 }
+
+/// Clicks the element `locator` finds.
+pub async fn click(client: &Client, locator: Locator<'_>) {
+    client
+        .find(locator)
+        .await
+        .unwrap_or_else(|e| panic!("nothing to click: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the element `css` finds.
+pub async fn type_into(client: &Client, css: &str, text: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// How many elements `css` finds.
+pub async fn count(client: &Client, css: &str) -> usize {
+    client.find_all(Locator::Css(css)).await.unwrap().len()
+}
