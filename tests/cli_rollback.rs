@@ -274,6 +274,25 @@ async fn watch_exits_3_while_a_decision_is_awaited() {
     .json();
     assert_eq!(listed["items"][0]["rollback_id"], id.as_str(), "{listed}");
 
+    // What waits for a person is a gauge too, for alerts that fire while nobody decides.
+    let metrics = reqwest::get(s.process.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(gauge("unwind_rollbacks_awaiting_decision"), 1.0);
+    assert_eq!(gauge("unwind_escalations_open"), 1.0);
+    assert!(gauge("unwind_rollback_decision_wait_seconds") >= 0.0);
+
     let decided = cli(
         &s,
         &[

@@ -1,5 +1,7 @@
 //! Health, readiness, metrics and the coordinator's public keys.
 
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +13,15 @@ use utoipa_axum::routes;
 use super::problem::Problem;
 use super::{ApiError, AppState};
 use crate::config::Role;
+use crate::rollback::model::{RollbackFilter, RollbackStatus};
+use crate::store::MAX_LIMIT;
+use crate::store::hitl::EscalationStatus;
+
+/// The state gauges are read from the store at most this often, however often `/metrics` is
+/// scraped (it may be open to anyone).
+const STATE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// Pages read per gauge; a backlog beyond this many items is reported as this many.
+const STATE_GAUGE_PAGES: usize = 10;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -65,6 +76,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             .await?
             .require(Role::Reader)?;
     }
+    if state.metrics.is_some() {
+        refresh_state_gauges(&state).await;
+    }
     let body = state
         .metrics
         .as_ref()
@@ -87,4 +101,82 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 )]
 async fn jwks(State(state): State<AppState>) -> Response {
     axum::Json(state.signing_key.public_jwks()).into_response()
+}
+
+/// Gauges of what is waiting now, read from the store when `/metrics` is scraped: rollbacks
+/// awaiting a decision (and how long the oldest has waited), open escalations, and breakers not
+/// closed. The store is shared, so every replica reports the same numbers: alert on `max`.
+async fn refresh_state_gauges(state: &AppState) {
+    // One refresh at a time, and none more often than STATE_GAUGES_EVERY.
+    static LAST: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
+    let mut last = LAST.lock().await;
+    if last.is_some_and(|t| t.elapsed() < STATE_GAUGES_EVERY) {
+        return;
+    }
+    *last = Some(Instant::now());
+    match awaiting_decision(state).await {
+        Ok((count, oldest_s)) => {
+            metrics::gauge!("unwind_rollbacks_awaiting_decision").set(count as f64);
+            metrics::gauge!("unwind_rollback_decision_wait_seconds").set(oldest_s);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read rollbacks for the metrics"),
+    }
+    match open_escalations(state).await {
+        Ok(count) => metrics::gauge!("unwind_escalations_open").set(count as f64),
+        Err(e) => tracing::warn!(error = %e, "cannot read escalations for the metrics"),
+    }
+    if let Some(circuits) = state
+        .coordinator
+        .as_ref()
+        .and_then(|c| c.agents().circuits().cloned())
+    {
+        let statuses = circuits.statuses().await;
+        for kind in ["open", "half_open"] {
+            let n = statuses.iter().filter(|c| c.state == kind).count();
+            metrics::gauge!("unwind_circuits", "state" => kind).set(n as f64);
+        }
+    }
+}
+
+/// Rollbacks awaiting a decision, and the seconds since the oldest of them last changed.
+async fn awaiting_decision(state: &AppState) -> Result<(usize, f64), crate::store::StoreError> {
+    let filter = RollbackFilter {
+        wid: None,
+        status: Some(RollbackStatus::AwaitingDecision),
+    };
+    let now = chrono::Utc::now();
+    let (mut count, mut oldest) = (0usize, 0f64);
+    let mut cursor: Option<String> = None;
+    for _ in 0..STATE_GAUGE_PAGES {
+        let page = state
+            .store
+            .list_rollbacks(&filter, cursor.as_deref(), MAX_LIMIT)
+            .await?;
+        count += page.items.len();
+        for r in &page.items {
+            oldest = oldest.max((now - r.updated_at).num_milliseconds() as f64 / 1000.0);
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok((count, oldest.max(0.0)))
+}
+
+async fn open_escalations(state: &AppState) -> Result<usize, crate::store::StoreError> {
+    let mut count = 0usize;
+    let mut cursor: Option<String> = None;
+    for _ in 0..STATE_GAUGE_PAGES {
+        let page = state
+            .store
+            .list_escalations(Some(EscalationStatus::Open), cursor.as_deref(), MAX_LIMIT)
+            .await?;
+        count += page.items.len();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(count)
 }
