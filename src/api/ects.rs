@@ -184,21 +184,7 @@ async fn ingest(
             .map_err(|_| ApiError::bad_request("malformed", "the token is not UTF-8 text"))?;
         vec![text.trim().to_string()]
     } else {
-        let request: BatchRequest =
-            serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => {
-                    ApiError::invalid_request(format!("batch body: {e}"))
-                }
-                _ => ApiError::bad_request("malformed", format!("batch body is not JSON: {e}")),
-            })?;
-        let max = state.config.limits.max_batch_tokens;
-        if request.tokens.len() > max {
-            return Err(ApiError::too_large(format!(
-                "a batch holds at most {max} tokens; this one has {}",
-                request.tokens.len()
-            )));
-        }
-        request.tokens
+        parse_batch(&bytes, state.config.limits.max_batch_tokens)?
     };
 
     let n_context = context_tokens.len();
@@ -255,6 +241,22 @@ async fn ingest(
         })
         .collect();
     Ok(axum::Json(BatchAnswer { results }).into_response())
+}
+
+/// The tokens of a batch body (`{"tokens": [..]}`): `malformed` when it is not JSON,
+/// `invalid_request` when it is JSON of another shape, `too_large` over `max_tokens`.
+pub fn parse_batch(bytes: &[u8], max_tokens: usize) -> Result<Vec<String>, ApiError> {
+    let request: BatchRequest = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid_request(format!("batch body: {e}")),
+        _ => ApiError::bad_request("malformed", format!("batch body is not JSON: {e}")),
+    })?;
+    if request.tokens.len() > max_tokens {
+        return Err(ApiError::too_large(format!(
+            "a batch holds at most {max_tokens} tokens; this one has {}",
+            request.tokens.len()
+        )));
+    }
+    Ok(request.tokens)
 }
 
 /// List recorded tokens, oldest first.

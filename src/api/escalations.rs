@@ -161,7 +161,7 @@ pub(crate) async fn resolve(
     let resolution = Resolution {
         decision: None,
         decided_by: caller.principal(),
-        comment: comment.map(|c| c.chars().take(1000).collect()),
+        comment: super::comment_text(comment)?,
     };
     match state.hitl.escalations.resolve(id, &resolution).await {
         Ok(ResolveOutcome::Resolved(e)) => Ok(EscalationView::from(&e)),

@@ -160,6 +160,17 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// An operator's comment as kept: at most 1000 characters; U+0000, which PostgreSQL cannot
+/// store, is `invalid_request` rather than a store failure.
+pub fn comment_text(comment: Option<String>) -> Result<Option<String>, ApiError> {
+    match comment {
+        Some(c) if c.contains('\0') => {
+            Err(ApiError::invalid_request("comment must not contain U+0000"))
+        }
+        other => Ok(other.map(|c| c.chars().take(1000).collect())),
+    }
+}
+
 /// `limit` of list endpoints: default 100, 1..=1000.
 pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit {

@@ -450,7 +450,7 @@ pub(crate) async fn apply_decision(
     let resolution = crate::store::hitl::Resolution {
         decision: Some(name.to_string()),
         decided_by: caller.principal(),
-        comment: body.comment.map(|c| c.chars().take(1000).collect()),
+        comment: super::comment_text(body.comment)?,
     };
     let mut result = Map::new();
     result.insert("pending_decision".into(), json!(name));

@@ -99,44 +99,13 @@ pub async fn submit(
     request: &RollbackRequest,
     requester: &Requester,
 ) -> Result<CreateOutcome, SubmitError> {
-    let rollback_id = match &request.rollback_id {
-        Some(id) => canonical_rollback_id(id)?,
-        None => format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-    };
-    let target = match (&request.checkpoint_id, &request.trigger_ect) {
-        (Some(c), None) => Target::Checkpoint(c.clone()),
-        (None, Some(t)) => Target::Trigger(t.clone()),
-        _ => {
-            return Err(RequestError::Invalid(
-                "give exactly one of checkpoint_id and trigger_ect".into(),
-            )
-            .into());
-        }
-    };
-    let scope = request.scope.unwrap_or_default();
-    let on_cannot_prepare = request.on_cannot_prepare.unwrap_or_default();
-    let reason = request.reason.clone();
-    if reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
-    {
-        return Err(
-            RequestError::Invalid(format!("reason is over {MAX_REASON_CHARS} characters")).into(),
-        );
-    }
-    if let Requester::Agent { .. } = requester {
-        if scope == Scope::FullWorkflow {
-            return Err(RequestError::Forbidden(
-                "agents may not request full_workflow rollbacks".into(),
-            )
-            .into());
-        }
-        if on_cannot_prepare != OnCannotPrepare::Auto {
-            return Err(
-                RequestError::Forbidden("only operators may set on_cannot_prepare".into()).into(),
-            );
-        }
-    }
+    let CheckedRequest {
+        rollback_id,
+        target,
+        scope,
+        on_cannot_prepare,
+        reason,
+    } = check_request(request, requester)?;
 
     let named = target.jti().to_string();
     let Some(record) = store.get_ect(&named).await? else {
@@ -221,6 +190,74 @@ pub async fn submit(
     Ok(store.create_rollback(&new, &decide).await?)
 }
 
+/// A request that passed the checks needing no store: defaults applied, the id canonical.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedRequest {
+    pub rollback_id: String,
+    pub target: Target,
+    pub scope: Scope,
+    pub on_cannot_prepare: OnCannotPrepare,
+    pub reason: Option<String>,
+}
+
+/// The checks of a request that need no store: the id's form, exactly one target, the reason's
+/// length, and what only operators may ask for.
+pub fn check_request(
+    request: &RollbackRequest,
+    requester: &Requester,
+) -> Result<CheckedRequest, RequestError> {
+    let rollback_id = match &request.rollback_id {
+        Some(id) => canonical_rollback_id(id)?,
+        None => format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+    };
+    let target = match (&request.checkpoint_id, &request.trigger_ect) {
+        (Some(c), None) => Target::Checkpoint(c.clone()),
+        (None, Some(t)) => Target::Trigger(t.clone()),
+        _ => {
+            return Err(RequestError::Invalid(
+                "give exactly one of checkpoint_id and trigger_ect".into(),
+            ));
+        }
+    };
+    let scope = request.scope.unwrap_or_default();
+    let on_cannot_prepare = request.on_cannot_prepare.unwrap_or_default();
+    let reason = request.reason.clone();
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(RequestError::Invalid(format!(
+            "reason is over {MAX_REASON_CHARS} characters"
+        )));
+    }
+    // PostgreSQL refuses U+0000 in text: refused here, it is a 422 rather than a store failure.
+    if target.jti().contains('\0') || reason.as_ref().is_some_and(|r| r.contains('\0')) {
+        return Err(RequestError::Invalid(
+            "checkpoint_id, trigger_ect and reason must not contain U+0000".into(),
+        ));
+    }
+    if let Requester::Agent { .. } = requester {
+        if scope == Scope::FullWorkflow {
+            return Err(RequestError::Forbidden(
+                "agents may not request full_workflow rollbacks".into(),
+            ));
+        }
+        if on_cannot_prepare != OnCannotPrepare::Auto {
+            return Err(RequestError::Forbidden(
+                "only operators may set on_cannot_prepare".into(),
+            ));
+        }
+    }
+
+    Ok(CheckedRequest {
+        rollback_id,
+        target,
+        scope,
+        on_cannot_prepare,
+        reason,
+    })
+}
+
 /// `urn:uuid:<uuid>` in canonical lowercase form, or `invalid_request`.
 pub fn canonical_rollback_id(id: &str) -> Result<String, RequestError> {
     let invalid = || {
@@ -290,5 +327,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn text_with_nul_is_an_invalid_request() {
+        let operator = Requester::Operator {
+            principal: "operator:o".into(),
+        };
+        let request =
+            |checkpoint: &str, trigger: Option<&str>, reason: Option<&str>| RollbackRequest {
+                rollback_id: None,
+                checkpoint_id: trigger.is_none().then(|| checkpoint.to_string()),
+                trigger_ect: trigger.map(str::to_string),
+                scope: None,
+                reason: reason.map(str::to_string),
+                on_cannot_prepare: None,
+            };
+        for r in [
+            request("cp\0", None, None),
+            request("", Some("t\0"), None),
+            request("cp", None, Some("bad\0deploy")),
+        ] {
+            let e = check_request(&r, &operator).unwrap_err();
+            assert_eq!(e.code(), "invalid_request", "{r:?}");
+        }
+        assert!(check_request(&request("cp", None, Some("bad deploy")), &operator).is_ok());
     }
 }

@@ -1,0 +1,53 @@
+//! Inputs the fuzz targets (fuzz/) found refused wrongly, kept as tests of the normal suite.
+
+mod common;
+
+use common::agents::request;
+use common::server::servers;
+use serde_json::{Value, json};
+use unwind::api::comment_text;
+use unwind::rollback::request::{Requester, RollbackRequest, check_request};
+
+fn body(v: Value) -> RollbackRequest {
+    serde_json::from_value(v).unwrap()
+}
+
+/// request_bodies: a rollback request whose reason or target holds U+0000 passed the checks,
+/// and PostgreSQL then refused the text (500 instead of 422).
+#[test]
+fn rollback_request_with_nul_is_invalid() {
+    let operator = Requester::Operator {
+        principal: "operator:o".into(),
+    };
+    for v in [
+        json!({"checkpoint_id": "cp-1", "reason": "a\u{0}b"}),
+        json!({"checkpoint_id": "cp\u{0}"}),
+        json!({"trigger_ect": "\u{0}"}),
+    ] {
+        let e = check_request(&body(v.clone()), &operator).unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{v}");
+    }
+}
+
+/// request_bodies: a decision or resolution comment holding U+0000 reached the store.
+#[test]
+fn comment_with_nul_is_invalid() {
+    let e = comment_text(Some("ok\u{0}".into())).unwrap_err();
+    assert_eq!(e.code, "invalid_request");
+    assert_eq!(comment_text(None).unwrap(), None);
+    let long = "é".repeat(1500);
+    assert_eq!(
+        comment_text(Some(long)).unwrap().unwrap().chars().count(),
+        1000
+    );
+}
+
+#[tokio::test]
+async fn rollback_request_with_nul_is_422_on_every_store() {
+    for s in servers().await {
+        let r = request(&s, json!({"checkpoint_id": "cp\u{0}", "reason": "x"})).await;
+        assert_eq!(r.status(), 422, "{}", s.name);
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_request", "{}: {problem}", s.name);
+    }
+}
