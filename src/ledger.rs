@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod chain;
+
 use crate::dag::order_batch;
 use crate::ect::{RejectCode, Rejection, VerifiedEct, Verifier};
-use crate::store::{EctMeta, InsertOutcome, NewEct, Store, StoreError};
+use crate::store::{ChainEntry, EctMeta, InsertOutcome, NewEct, Store, StoreError};
 
 /// How a token that was not refused ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -38,6 +40,9 @@ pub struct IngestResult {
     /// The token's `jti` when it could be read.
     pub jti: Option<String>,
     pub outcome: Result<IngestStatus, Rejection>,
+    /// The token's entry in the ledger's hash chain (the original entry for a duplicate);
+    /// `None` when it was refused.
+    pub entry: Option<ChainEntry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +140,7 @@ impl Ledger {
                     Ok(_) => Ok(IngestStatus::Created),
                     Err(rejection) => Err(rejection.clone()),
                 },
+                entry: None,
             })
             .collect();
 
@@ -188,12 +194,14 @@ impl Ledger {
         // Parents accepted earlier in this batch.
         let mut accepted: HashMap<&str, (Option<&str>, i64)> = HashMap::new();
         let mut to_append: Vec<(usize, NewEct)> = Vec::new();
+        let mut duplicates: Vec<usize> = Vec::new();
         for &k in &order.order {
             let i = candidates[k];
             let Some(e) = ect(i) else { continue };
             match self.check_rules(e, &stored, &accepted) {
                 Ok(Some(IngestStatus::Duplicate)) => {
                     results[i].outcome = Ok(IngestStatus::Duplicate);
+                    duplicates.push(i);
                     // A duplicate is in the ledger: children later in the batch may use it.
                 }
                 Ok(_) => {
@@ -206,17 +214,37 @@ impl Ledger {
 
         if !to_append.is_empty() {
             let batch: Vec<NewEct> = to_append.iter().map(|(_, n)| n.clone()).collect();
-            let outcomes = self.store.append(&batch).await?;
-            for ((i, _), outcome) in to_append.iter().zip(outcomes) {
+            let outcomes = self.store.append_chained(&batch).await?;
+            for ((i, _), (outcome, entry)) in to_append.iter().zip(outcomes) {
                 results[*i].outcome = Ok(match outcome {
                     InsertOutcome::Created => IngestStatus::Created,
                     InsertOutcome::Duplicate => IngestStatus::Duplicate,
                 });
+                results[*i].entry = Some(entry);
                 if let (InsertOutcome::Created, Some(observer), Some(e)) =
                     (outcome, &self.observer, ect(*i))
                 {
                     observer.appended(e);
                 }
+            }
+        }
+
+        // Duplicates of stored tokens answer with the original entry.
+        if !duplicates.is_empty() {
+            let jtis: Vec<String> = duplicates
+                .iter()
+                .filter_map(|&i| results[i].jti.clone())
+                .collect();
+            let mut entries: HashMap<String, ChainEntry> = self
+                .store
+                .chain_entries(&jtis)
+                .await?
+                .into_iter()
+                .map(|e| (e.jti.clone(), e))
+                .collect();
+            for i in duplicates {
+                let jti = results[i].jti.as_deref().unwrap_or_default();
+                results[i].entry = entries.remove(jti);
             }
         }
 
@@ -237,6 +265,10 @@ impl Ledger {
                     Ok(_) => Ok(IngestStatus::Duplicate),
                     Err(rejection) => Err(rejection.clone()),
                 }
+            };
+            results[i].entry = match results[i].outcome {
+                Ok(_) => results[first].entry.clone(),
+                Err(_) => None,
             };
         }
         Ok(results)

@@ -219,7 +219,9 @@ async fn audit_on(kind: DbKind) {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("1 finding"), "{}", out.stdout);
+    // The changed bytes no longer hash to the ledger's chain entry either.
+    assert_eq!(findings(&out, "chain", &cp_b).len(), 1, "{}", out.stdout);
+    assert!(out.stdout.contains("2 findings"), "{}", out.stdout);
 
     // A parent removed: its child names it.
     let bad = dir.join("no-parent.json");

@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::ledger::{Receipt, ReceiptSigner};
 use super::problem::Problem;
 use super::{ApiError, ApiPath, ApiQuery, AppState, Caller};
 use crate::config::Role;
@@ -28,6 +29,10 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 pub struct IngestAnswer {
     pub jti: String,
     pub status: IngestStatus,
+    /// The token's entry in the ledger's hash chain, signed by Unwind (the original entry for
+    /// a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
 }
 
 /// Body of a batch ingest.
@@ -52,6 +57,9 @@ pub struct BatchItem {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ItemError>,
+    /// As in a single-token answer; absent for a rejected token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -191,7 +199,7 @@ async fn ingest(
     let mut all = context_tokens;
     all.extend(body_tokens);
     let mut results = state.ledger.ingest(&all).await?;
-    let body_results = results.split_off(n_context);
+    let mut body_results = results.split_off(n_context);
     for result in &results {
         if let Err(rejection) = &result.outcome {
             return Err(ApiError::from(Rejection::new(
@@ -204,8 +212,13 @@ async fn ingest(
         }
     }
 
+    let entries = body_results.iter_mut().map(|r| r.entry.take()).collect();
+    let receipts = ReceiptSigner::new(&state).sign_all(entries).await?;
+
     if single {
-        let Some(IngestResult { jti, outcome }) = body_results.into_iter().next() else {
+        let (Some(IngestResult { jti, outcome, .. }), Some(receipt)) =
+            (body_results.into_iter().next(), receipts.into_iter().next())
+        else {
             return Err(ApiError::internal("ingest returned no result"));
         };
         let status = outcome.map_err(ApiError::from)?;
@@ -216,18 +229,21 @@ async fn ingest(
         let answer = IngestAnswer {
             jti: jti.unwrap_or_default(),
             status,
+            receipt,
         };
         return Ok((code, axum::Json(answer)).into_response());
     }
     let results = body_results
         .into_iter()
+        .zip(receipts)
         .enumerate()
-        .map(|(index, r)| match r.outcome {
+        .map(|(index, (r, receipt))| match r.outcome {
             Ok(status) => BatchItem {
                 index,
                 jti: r.jti,
                 status: status.as_str().into(),
                 error: None,
+                receipt,
             },
             Err(rejection) => BatchItem {
                 index,
@@ -237,6 +253,7 @@ async fn ingest(
                     code: rejection.code.as_str().into(),
                     detail: rejection.detail,
                 }),
+                receipt: None,
             },
         })
         .collect();

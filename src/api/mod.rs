@@ -6,6 +6,7 @@ pub mod cascades;
 pub mod circuits;
 pub mod ects;
 pub mod escalations;
+pub mod ledger;
 pub mod ops;
 pub mod problem;
 pub mod rollbacks;
@@ -92,6 +93,7 @@ impl utoipa::Modify for SecurityAddon {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ects::router())
+        .merge(ledger::router())
         .merge(workflows::router())
         .merge(rollbacks::router())
         .merge(cascades::router())

@@ -17,7 +17,8 @@ use super::{ApiError, ApiPath, ApiQuery, AppState, Caller};
 use crate::config::Role;
 use crate::dag::{BlastRadius, DagJson, WorkflowGraph};
 use crate::rollback::model::RollbackFilter;
-use crate::store::{EctFilter, EctRecord, Store, WorkflowSummary};
+use crate::store::{ChainEntry, EctFilter, EctRecord, Store, StoreError, WorkflowSummary};
+use std::collections::HashMap;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -243,14 +244,30 @@ pub struct ExportToken {
     pub token: String,
     /// When Unwind recorded it (RFC 3339).
     pub received_at: String,
+    /// The token's entry in the ledger's hash chain (absent only if the store has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ExportChainEntry>,
 }
 
-impl From<EctRecord> for ExportToken {
-    fn from(r: EctRecord) -> Self {
+/// A token's hash-chain entry: `chain_hash = SHA-256(prev_hash || SHA-256(token))`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportChainEntry {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub chain_hash: String,
+}
+
+impl ExportToken {
+    fn new(r: EctRecord, entry: Option<ChainEntry>) -> Self {
         Self {
             jti: r.jti,
             token: r.token,
             received_at: super::rfc3339(r.received_at),
+            chain: entry.map(|e| ExportChainEntry {
+                seq: e.seq,
+                prev_hash: e.prev_hash,
+                chain_hash: e.chain_hash,
+            }),
         }
     }
 }
@@ -363,14 +380,17 @@ fn token_pages(
                 .await
             {
                 Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(error = %e, "export stopped: the store failed");
-                    return Some((Err(std::io::Error::other(e.to_string())), None));
-                }
+                Err(e) => return Some((Err(export_stopped(e)), None)),
+            };
+            let jtis: Vec<String> = page.items.iter().map(|r| r.jti.clone()).collect();
+            let mut entries: HashMap<String, ChainEntry> = match store.chain_entries(&jtis).await {
+                Ok(entries) => entries.into_iter().map(|e| (e.jti.clone(), e)).collect(),
+                Err(e) => return Some((Err(export_stopped(e)), None)),
             };
             let mut chunk = String::new();
             for record in page.items {
-                let item = match serde_json::to_string(&ExportToken::from(record)) {
+                let entry = entries.remove(&record.jti);
+                let item = match serde_json::to_string(&ExportToken::new(record, entry)) {
                     Ok(item) => item,
                     Err(e) => return Some((Err(std::io::Error::other(e)), None)),
                 };
@@ -390,6 +410,11 @@ fn token_pages(
             }
         }
     })
+}
+
+fn export_stopped(e: StoreError) -> std::io::Error {
+    tracing::error!(error = %e, "export stopped: the store failed");
+    std::io::Error::other(e.to_string())
 }
 
 /// Unwind's own public keys (those `/.well-known/jwks.json` serves) and every trusted issuer's,

@@ -14,6 +14,7 @@ use sqlx::migrate::Migrator;
 
 use super::{EctMeta, EctRecord, InsertOutcome, NewEct, StoreError, WorkflowSummary};
 use crate::dag::DagNode;
+use crate::ledger::chain::{self, ChainEntry, ChainHead};
 use crate::rollback::model::{
     ALL_STATUSES, ActiveRollback, CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback,
     RollbackRecord, RollbackStatus, StepError, StepRecord,
@@ -872,4 +873,128 @@ mod tests {
             );
         }
     }
+}
+
+// ---- Hash chain (crate::ledger::chain) ----
+
+/// Rows the chain step reads and writes per statement when it chains rows stored before the
+/// chain existed.
+pub(crate) const BACKFILL_PAGE: i64 = 10_000;
+
+/// Selects chain entries with the hash before each: `c` is the entry, `p` the one before it.
+pub(crate) const CHAIN_COLUMNS: &str = "c.seq, c.jti, c.chain_hash, p.chain_hash AS prev_hash \
+     FROM ledger_chain c LEFT JOIN ledger_chain p ON p.seq = c.seq - 1";
+
+/// [`crate::store::Store::chain_range`] with the dialect's two placeholders (after, limit).
+pub(crate) fn chain_range_sql(after: &str, limit: &str) -> String {
+    format!(
+        "SELECT c.seq, c.jti, c.chain_hash, p.chain_hash AS prev_hash, e.token \
+         FROM ledger_chain c LEFT JOIN ledger_chain p ON p.seq = c.seq - 1 \
+         LEFT JOIN ects e ON e.jti = c.jti \
+         WHERE c.seq > {after} ORDER BY c.seq LIMIT {limit}"
+    )
+}
+
+/// A `ledger_chain` row joined with its predecessor.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ChainRow {
+    pub seq: i64,
+    pub jti: String,
+    pub chain_hash: String,
+    pub prev_hash: Option<String>,
+}
+
+impl ChainRow {
+    pub(crate) fn into_entry(self) -> Result<ChainEntry, StoreError> {
+        let prev_hash = match (self.prev_hash, self.seq) {
+            (Some(prev), _) => prev,
+            (None, 1) => chain::GENESIS.to_string(),
+            (None, seq) => {
+                return Err(StoreError::Corrupt(format!(
+                    "chain entry {seq} ({}) has no predecessor",
+                    self.jti
+                )));
+            }
+        };
+        Ok(ChainEntry {
+            seq: self.seq,
+            jti: self.jti,
+            prev_hash,
+            chain_hash: self.chain_hash,
+        })
+    }
+}
+
+/// A [`ChainRow`] with its token.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ChainRowWithToken {
+    #[sqlx(flatten)]
+    pub entry: ChainRow,
+    pub token: Option<String>,
+}
+
+impl ChainRowWithToken {
+    pub(crate) fn into_pair(self) -> Result<(ChainEntry, Option<String>), StoreError> {
+        Ok((self.entry.into_entry()?, self.token))
+    }
+}
+
+/// The `ledger_head` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct HeadRow {
+    pub seq: i64,
+    pub chain_hash: String,
+    pub backfill: bool,
+}
+
+impl HeadRow {
+    pub(crate) fn head(&self) -> ChainHead {
+        ChainHead {
+            seq: self.seq,
+            chain_hash: self.chain_hash.clone(),
+        }
+    }
+}
+
+/// Chains `items` (jti, SHA-256 of the token) after `head`, which moves to the last of them.
+pub(crate) fn extend_chain(
+    head: &mut ChainHead,
+    items: &[(&str, &str)],
+) -> Result<Vec<ChainEntry>, StoreError> {
+    head.extend(items.iter().copied())
+        .map_err(|e| StoreError::Corrupt(format!("chain: {e}")))
+}
+
+/// The tokens of a batch that were inserted, each once, in batch order (= ledger order): what
+/// the chain step appends.
+pub(crate) fn chain_items<'a>(
+    batch: &'a [NewEct],
+    created: &HashSet<String>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut seen = HashSet::with_capacity(created.len());
+    batch
+        .iter()
+        .filter(|e| created.contains(&e.jti) && seen.insert(e.jti.as_str()))
+        .map(|e| (e.jti.as_str(), e.content_hash.as_str()))
+        .collect()
+}
+
+/// Pairs each outcome with its token's chain entry (the original entry for a duplicate).
+pub(crate) fn with_entries(
+    batch: &[NewEct],
+    outcomes: Vec<InsertOutcome>,
+    entries: Vec<ChainEntry>,
+) -> Result<Vec<(InsertOutcome, ChainEntry)>, StoreError> {
+    let by_jti: HashMap<&str, &ChainEntry> = entries.iter().map(|e| (e.jti.as_str(), e)).collect();
+    batch
+        .iter()
+        .zip(outcomes)
+        .map(|(ect, outcome)| match by_jti.get(ect.jti.as_str()) {
+            Some(entry) => Ok((outcome, (*entry).clone())),
+            None => Err(StoreError::Corrupt(format!(
+                "jti {} is stored but not chained",
+                ect.jti
+            ))),
+        })
+        .collect()
 }

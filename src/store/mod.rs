@@ -2,7 +2,9 @@
 //! ([`postgres::PgStore`], [`sqlite::SqliteStore`]) with the same behaviour.
 //!
 //! The `ects` table is append-only: rows are inserted, never updated or deleted (PostgreSQL and
-//! SQLite both refuse UPDATE/DELETE with a trigger).
+//! SQLite both refuse UPDATE/DELETE with a trigger). Each inserted token also gets the next
+//! entry of the ledger's hash chain (`ledger_chain`, [`crate::ledger::chain`]) in the same
+//! transaction; the chain step is serialised by the one-row `ledger_head`.
 //!
 //! [`connect`] picks the implementation from the URL scheme; the service calls
 //! [`Store::migrate`] at start and [`Store::ready`] for `/readyz`.
@@ -13,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::dag::DagNode;
+pub use crate::ledger::chain::{ChainEntry, ChainHead};
 use crate::rollback::model::{
     CreateContext, CreateDecision, CreateOutcome, Lease, NewRollback, RollbackFilter,
     RollbackRecord, RollbackStatus, StepRecord,
@@ -195,10 +198,42 @@ pub trait Store: cascade::CascadeStore + CircuitStore + HitlStore + Send + Sync 
 
     /// Appends a batch in one transaction. The caller orders parents before children and has
     /// checked the DAG rules. For each token, in input order: `Created`, or `Duplicate` when the
-    /// same `jti` with the same `content_hash` is stored. A stored `jti` with another
-    /// `content_hash` rolls the whole transaction back with [`StoreError::JtiConflict`].
+    /// same `jti` with the same `content_hash` is stored, each with the token's chain entry (the
+    /// original one for a duplicate). A stored `jti` with another `content_hash` rolls the whole
+    /// transaction back with [`StoreError::JtiConflict`].
+    ///
+    /// Created tokens are chained in input order, after the chain's head, under one lock of the
+    /// head per batch: appends from any number of tasks or replicas give one gapless chain.
     /// Also records edges (parent -> child) and workflow summaries.
-    async fn append(&self, batch: &[NewEct]) -> Result<Vec<InsertOutcome>, StoreError>;
+    async fn append_chained(
+        &self,
+        batch: &[NewEct],
+    ) -> Result<Vec<(InsertOutcome, ChainEntry)>, StoreError>;
+
+    /// [`Store::append_chained`] without the chain entries.
+    async fn append(&self, batch: &[NewEct]) -> Result<Vec<InsertOutcome>, StoreError> {
+        Ok(self
+            .append_chained(batch)
+            .await?
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect())
+    }
+
+    /// The chain entries of those of `jtis` that are stored (any order).
+    async fn chain_entries(&self, jtis: &[String]) -> Result<Vec<ChainEntry>, StoreError>;
+
+    /// Chain entries with `seq > after`, in chain order, at most `limit` (clamped to
+    /// `1..=`[`MAX_LIMIT`]), each with its token (to recompute the entry; `None` if the
+    /// token's row is missing).
+    async fn chain_range(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(ChainEntry, Option<String>)>, StoreError>;
+
+    /// The newest chain entry ([`ChainHead::genesis`] for an empty ledger).
+    async fn chain_head(&self) -> Result<ChainHead, StoreError>;
 
     async fn get_ect(&self, jti: &str) -> Result<Option<EctRecord>, StoreError>;
 

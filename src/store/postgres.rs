@@ -23,12 +23,12 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use serde_json::{Map, Value};
 
 use super::common::{
-    self, AppliedRow, DagNodeRow, EctRow, LeaseRow, MetaRow, Resolution, RollbackRow, StepRow,
-    WorkflowRow,
+    self, AppliedRow, ChainRow, ChainRowWithToken, DagNodeRow, EctRow, HeadRow, LeaseRow, MetaRow,
+    Resolution, RollbackRow, StepRow, WorkflowRow,
 };
 use super::{
-    Backend, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page, Store, StoreError,
-    WorkflowSummary,
+    Backend, ChainEntry, ChainHead, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page,
+    Store, StoreError, WorkflowSummary,
 };
 use crate::dag::DagNode;
 use crate::rollback::model::{
@@ -132,7 +132,7 @@ impl PgStore {
     async fn append_once(
         pool: &PgPool,
         batch: &[NewEct],
-    ) -> Result<Vec<InsertOutcome>, StoreError> {
+    ) -> Result<Vec<(InsertOutcome, ChainEntry)>, StoreError> {
         let encoded = common::encode_batch(batch)?;
         let now = common::now();
         // Explicit, whatever the server's default: the duplicate check below relies on each
@@ -171,8 +171,117 @@ impl PgStore {
         };
         let derived = common::derive(batch, &created);
         Self::record_derived(&mut tx, &derived, now).await?;
+        // Last, so that the one lock every append shares is held only for the chain rows and
+        // the commit (and is always taken after the row locks above: no deadlock).
+        let mut entries =
+            Self::chain_created(&mut tx, &common::chain_items(batch, &created)).await?;
+        if !others.is_empty() {
+            entries.extend(Self::chain_entries_in(&mut tx, &others).await?);
+        }
         tx.commit().await?;
-        Ok(outcomes)
+        common::with_entries(batch, outcomes, entries)
+    }
+
+    /// Locks the chain's head and appends `items` after it.
+    async fn chain_created(
+        tx: &mut PgConnection,
+        items: &[(&str, &str)],
+    ) -> Result<Vec<ChainEntry>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let head: HeadRow = sqlx::query_as(
+            "SELECT seq, chain_hash, backfill FROM ledger_head WHERE id = 1 FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut head = head.head();
+        let entries = common::extend_chain(&mut head, items)?;
+        Self::write_chain(tx, &entries, &head, false).await?;
+        Ok(entries)
+    }
+
+    /// Inserts chain entries and moves the head (whose row lock the caller holds).
+    async fn write_chain(
+        tx: &mut PgConnection,
+        entries: &[ChainEntry],
+        head: &ChainHead,
+        backfill: bool,
+    ) -> Result<(), StoreError> {
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        let jtis: Vec<&str> = entries.iter().map(|e| e.jti.as_str()).collect();
+        let hashes: Vec<&str> = entries.iter().map(|e| e.chain_hash.as_str()).collect();
+        sqlx::query(
+            "WITH entries AS (INSERT INTO ledger_chain (seq, jti, chain_hash) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[])) \
+             UPDATE ledger_head SET seq = $4, chain_hash = $5, backfill = $6 WHERE id = 1",
+        )
+        .bind(seqs)
+        .bind(jtis)
+        .bind(hashes)
+        .bind(head.seq)
+        .bind(&head.chain_hash)
+        .bind(backfill)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn chain_entries_in(
+        conn: &mut PgConnection,
+        jtis: &[&str],
+    ) -> Result<Vec<ChainEntry>, StoreError> {
+        let rows: Vec<ChainRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} WHERE c.jti = ANY($1)",
+            common::CHAIN_COLUMNS
+        )))
+        .persistent(false) // planned per call, see `find_meta`
+        .bind(jtis)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.into_iter().map(ChainRow::into_entry).collect()
+    }
+
+    /// Chains the rows stored before the chain existed, in `ects.seq` order, once: the first
+    /// replica to get the head's lock does it while the others (and every append) wait.
+    async fn backfill_chain(pool: &PgPool) -> Result<(), StoreError> {
+        let mut tx = pool.begin().await?;
+        let row: HeadRow = sqlx::query_as(
+            "SELECT seq, chain_hash, backfill FROM ledger_head WHERE id = 1 FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !row.backfill {
+            return Ok(());
+        }
+        let mut head = row.head();
+        let mut after = i64::MIN;
+        loop {
+            let page: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT e.seq, e.jti, e.content_hash FROM ects e WHERE e.seq > $1 \
+                 AND NOT EXISTS (SELECT 1 FROM ledger_chain c WHERE c.jti = e.jti) \
+                 ORDER BY e.seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(common::BACKFILL_PAGE)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = *last;
+            let items: Vec<(&str, &str)> = page
+                .iter()
+                .map(|(_, j, h)| (j.as_str(), h.as_str()))
+                .collect();
+            let entries = common::extend_chain(&mut head, &items)?;
+            Self::write_chain(&mut tx, &entries, &head, true).await?;
+        }
+        sqlx::query("UPDATE ledger_head SET backfill = false WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn record_derived(
@@ -266,7 +375,7 @@ impl Store for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         // sqlx takes an advisory lock, so replicas starting together migrate once.
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        Self::backfill_chain(&self.pool).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -300,7 +409,10 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(EctMeta::from).collect())
     }
 
-    async fn append(&self, batch: &[NewEct]) -> Result<Vec<InsertOutcome>, StoreError> {
+    async fn append_chained(
+        &self,
+        batch: &[NewEct],
+    ) -> Result<Vec<(InsertOutcome, ChainEntry)>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -315,6 +427,37 @@ impl Store for PgStore {
             }
         }
     }
+    async fn chain_entries(&self, jtis: &[String]) -> Result<Vec<ChainEntry>, StoreError> {
+        if jtis.is_empty() {
+            return Ok(Vec::new());
+        }
+        let jtis: Vec<&str> = jtis.iter().map(String::as_str).collect();
+        let mut conn = self.pool.acquire().await?;
+        Self::chain_entries_in(&mut conn, &jtis).await
+    }
+
+    async fn chain_range(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(ChainEntry, Option<String>)>, StoreError> {
+        let rows: Vec<ChainRowWithToken> =
+            sqlx::query_as(sqlx::AssertSqlSafe(common::chain_range_sql("$1", "$2")))
+                .bind(after)
+                .bind(common::page_size(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(ChainRowWithToken::into_pair).collect()
+    }
+
+    async fn chain_head(&self) -> Result<ChainHead, StoreError> {
+        let row: HeadRow =
+            sqlx::query_as("SELECT seq, chain_hash, backfill FROM ledger_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.head())
+    }
+
     async fn get_ect(&self, jti: &str) -> Result<Option<EctRecord>, StoreError> {
         let row: Option<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {ECT_COLUMNS} FROM ects WHERE jti = $1"

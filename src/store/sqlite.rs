@@ -22,12 +22,12 @@ use sqlx::{QueryBuilder, Sqlite};
 use serde_json::{Map, Value};
 
 use super::common::{
-    self, AppliedRow, DagNodeRow, EctRow, LeaseRow, MetaRow, Resolution, RollbackRow, StepRow,
-    WorkflowRow,
+    self, AppliedRow, ChainRow, ChainRowWithToken, DagNodeRow, EctRow, HeadRow, LeaseRow, MetaRow,
+    Resolution, RollbackRow, StepRow, WorkflowRow,
 };
 use super::{
-    Backend, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page, Store, StoreError,
-    WorkflowSummary,
+    Backend, ChainEntry, ChainHead, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page,
+    Store, StoreError, WorkflowSummary,
 };
 use crate::dag::DagNode;
 use crate::rollback::model::{
@@ -164,6 +164,104 @@ impl SqliteStore {
         Ok(stored)
     }
 
+    async fn head_in(conn: &mut sqlx::SqliteConnection) -> Result<HeadRow, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT seq, chain_hash, backfill FROM ledger_head WHERE id = 1")
+                .fetch_one(&mut *conn)
+                .await?,
+        )
+    }
+
+    /// Inserts chain entries and moves the head (inside the caller's write transaction).
+    async fn write_chain(
+        tx: &mut sqlx::SqliteConnection,
+        entries: &[ChainEntry],
+        head: &ChainHead,
+        backfill: bool,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for chunk in entries.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO ledger_chain (seq, jti, chain_hash) ");
+            qb.push_values(chunk, |mut row, e| {
+                row.push_bind(e.seq)
+                    .push_bind(&e.jti)
+                    .push_bind(&e.chain_hash);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE ledger_head SET seq = ?, chain_hash = ?, backfill = ? WHERE id = 1")
+            .bind(head.seq)
+            .bind(&head.chain_hash)
+            .bind(backfill)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn chain_entries_in(
+        conn: &mut sqlx::SqliteConnection,
+        jtis: &[&str],
+    ) -> Result<Vec<ChainEntry>, StoreError> {
+        let mut out = Vec::with_capacity(jtis.len());
+        for chunk in jtis.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {} WHERE c.jti IN (",
+                common::CHAIN_COLUMNS
+            ));
+            let mut list = qb.separated(", ");
+            for jti in chunk {
+                list.push_bind(*jti);
+            }
+            qb.push(")");
+            let rows: Vec<ChainRow> = qb.build_query_as().fetch_all(&mut *conn).await?;
+            for row in rows {
+                out.push(row.into_entry()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chains the rows stored before the chain existed, in `ects.seq` order, once (under the
+    /// write lock, so no append can come between).
+    async fn backfill_chain(&self) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let row = Self::head_in(&mut tx).await?;
+        if !row.backfill {
+            return Ok(());
+        }
+        let mut head = row.head();
+        let mut after = i64::MIN;
+        loop {
+            let page: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT e.seq, e.jti, e.content_hash FROM ects e WHERE e.seq > ? \
+                 AND NOT EXISTS (SELECT 1 FROM ledger_chain c WHERE c.jti = e.jti) \
+                 ORDER BY e.seq LIMIT ?",
+            )
+            .bind(after)
+            .bind(common::BACKFILL_PAGE)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = *last;
+            let items: Vec<(&str, &str)> = page
+                .iter()
+                .map(|(_, j, h)| (j.as_str(), h.as_str()))
+                .collect();
+            let entries = common::extend_chain(&mut head, &items)?;
+            Self::write_chain(&mut tx, &entries, &head, true).await?;
+        }
+        sqlx::query("UPDATE ledger_head SET backfill = 0 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn record_derived(
         tx: &mut sqlx::SqliteConnection,
         derived: &common::Derived,
@@ -217,7 +315,7 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
-        Ok(())
+        self.backfill_chain().await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -254,7 +352,10 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
-    async fn append(&self, batch: &[NewEct]) -> Result<Vec<InsertOutcome>, StoreError> {
+    async fn append_chained(
+        &self,
+        batch: &[NewEct],
+    ) -> Result<Vec<(InsertOutcome, ChainEntry)>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -280,8 +381,41 @@ impl Store for SqliteStore {
         };
         let derived = common::derive(batch, &created);
         Self::record_derived(&mut tx, &derived, now).await?;
+        // The write lock taken by BEGIN IMMEDIATE serialises the chain step.
+        let mut head = Self::head_in(&mut tx).await?.head();
+        let entries = common::extend_chain(&mut head, &common::chain_items(batch, &created))?;
+        Self::write_chain(&mut tx, &entries, &head, false).await?;
+        let mut entries = entries;
+        if !others.is_empty() {
+            entries.extend(Self::chain_entries_in(&mut tx, &others).await?);
+        }
         tx.commit().await?;
-        Ok(outcomes)
+        common::with_entries(batch, outcomes, entries)
+    }
+
+    async fn chain_entries(&self, jtis: &[String]) -> Result<Vec<ChainEntry>, StoreError> {
+        let jtis: Vec<&str> = jtis.iter().map(String::as_str).collect();
+        let mut conn = self.reader.acquire().await?;
+        Self::chain_entries_in(&mut conn, &jtis).await
+    }
+
+    async fn chain_range(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(ChainEntry, Option<String>)>, StoreError> {
+        let rows: Vec<ChainRowWithToken> =
+            sqlx::query_as(sqlx::AssertSqlSafe(common::chain_range_sql("?", "?")))
+                .bind(after)
+                .bind(common::page_size(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter().map(ChainRowWithToken::into_pair).collect()
+    }
+
+    async fn chain_head(&self) -> Result<ChainHead, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        Ok(Self::head_in(&mut conn).await?.head())
     }
 
     async fn get_ect(&self, jti: &str) -> Result<Option<EctRecord>, StoreError> {

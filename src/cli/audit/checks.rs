@@ -68,6 +68,10 @@ pub const CHECKS: &[Check] = &[
         name: "coordinator",
         run: coordinator,
     },
+    Check {
+        name: "chain",
+        run: chain,
+    },
 ];
 
 /// Runs every check; findings in check order.
@@ -434,4 +438,80 @@ pub fn coordinator(audit: &Audit) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Every token's hash-chain entry recomputes from the token and the previous hash
+/// (`chain_hash = SHA-256(prev_hash || SHA-256(token))`), and where the export holds two
+/// consecutive entries they link. Findings in chain order, so the first names the first broken
+/// entry. Tokens are named by the jti listed beside them (the ledger row, whatever its token
+/// now says). An export without any chain entry predates the chain: nothing to check.
+pub fn chain(audit: &Audit) -> Vec<Finding> {
+    if audit.tokens.iter().all(|t| t.chain.is_none()) {
+        return Vec::new();
+    }
+    let mut out: Vec<(i64, Finding)> = Vec::new();
+    let mut by_seq: HashMap<i64, &str> = HashMap::new();
+    for t in &audit.tokens {
+        let Some(entry) = &t.chain else {
+            out.push((
+                i64::MAX,
+                Finding::new(t.listed_jti.as_str(), "no hash-chain entry"),
+            ));
+            continue;
+        };
+        if by_seq.insert(entry.seq, &entry.chain_hash).is_some() {
+            out.push((
+                entry.seq,
+                Finding::new(
+                    t.listed_jti.as_str(),
+                    format!("chain entry {} is listed twice", entry.seq),
+                ),
+            ));
+        }
+        let token_hash = crate::ledger::chain::token_hash(&t.token);
+        match crate::ledger::chain::next(&entry.prev_hash, &token_hash) {
+            Ok(hash) if hash == entry.chain_hash => {}
+            Ok(hash) => out.push((
+                entry.seq,
+                Finding::new(
+                    t.listed_jti.as_str(),
+                    format!(
+                        "chain entry {} is broken: SHA-256(prev_hash || SHA-256(token)) is {hash}, \
+                         the ledger says {}",
+                        entry.seq, entry.chain_hash
+                    ),
+                ),
+            )),
+            Err(e) => out.push((
+                entry.seq,
+                Finding::new(
+                    t.listed_jti.as_str(),
+                    format!("chain entry {} is unusable: {e}", entry.seq),
+                ),
+            )),
+        }
+    }
+    for t in &audit.tokens {
+        let Some(entry) = &t.chain else { continue };
+        let expected = match entry.seq {
+            1 => Some(crate::ledger::chain::GENESIS),
+            seq => by_seq.get(&(seq - 1)).copied(),
+        };
+        if let Some(expected) = expected.filter(|e| *e != entry.prev_hash) {
+            out.push((
+                entry.seq,
+                Finding::new(
+                    t.listed_jti.as_str(),
+                    format!(
+                        "chain entry {} does not follow entry {}: prev_hash {} is not {expected}",
+                        entry.seq,
+                        entry.seq - 1,
+                        entry.prev_hash
+                    ),
+                ),
+            ));
+        }
+    }
+    out.sort_by_key(|(seq, _)| *seq);
+    out.into_iter().map(|(_, f)| f).collect()
 }

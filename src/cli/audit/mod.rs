@@ -149,6 +149,16 @@ struct FileIssuer {
 struct FileToken {
     jti: String,
     token: String,
+    #[serde(default)]
+    chain: Option<FileChainEntry>,
+}
+
+/// A token's entry in the ledger's hash chain, as exported.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FileChainEntry {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub chain_hash: String,
 }
 
 /// What the evidence check needs of a rollback resource.
@@ -185,6 +195,10 @@ pub struct AuditToken {
     /// Claims checked and normalised (no clock: an old export still verifies); `None` when
     /// `parsed` failed.
     pub ect: Option<Result<VerifiedEct, Rejection>>,
+    /// The compact JWS exactly as listed (the chain hashes these bytes).
+    pub token: String,
+    /// Its hash-chain entry; `None` in exports written before the chain existed.
+    pub chain: Option<FileChainEntry>,
 }
 
 impl AuditToken {
@@ -326,6 +340,8 @@ fn decode(t: FileToken, algorithms: &[jsonwebtoken::Algorithm]) -> AuditToken {
         listed_jti: t.jti,
         parsed,
         ect,
+        token: t.token,
+        chain: t.chain,
     }
 }
 

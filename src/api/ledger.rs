@@ -1,0 +1,209 @@
+//! Tamper evidence (assurance level L3): `GET /v1/ledger/head`, `GET /v1/ledger/proof/{jti}`,
+//! and the receipts ingest answers carry. The chain itself is [`crate::ledger::chain`].
+//!
+//! Receipts and heads are compact JWS signed with the coordinator's key (the one
+//! `/.well-known/jwks.json` serves), so a client can keep them as Unwind's signed word that an
+//! entry had this position and hash at that time.
+
+use axum::extract::State;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::problem::Problem;
+use super::{ApiError, ApiPath, AppState, Caller};
+use crate::config::Role;
+use crate::ect::SigningKey;
+use crate::ledger::chain::{self, ChainEntry};
+
+/// `typ` of a signed receipt.
+pub const RECEIPT_TYP: &str = "unwind-receipt+jwt";
+/// `typ` of a signed head.
+pub const HEAD_TYP: &str = "unwind-ledger-head+jwt";
+/// How a client recomputes an entry, as the proof states it.
+pub const CHAIN_RULE: &str = "chain_hash = SHA-256(prev_hash || token_hash), over the raw 32-byte digests; token_hash = SHA-256(token); prev_hash of entry 1 = 32 zero bytes; hex";
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(head))
+        .routes(routes!(proof))
+}
+
+/// Unwind's signed statement that a token is entry `seq` of its ledger's chain.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Receipt {
+    pub seq: i64,
+    pub chain_hash: String,
+    /// Compact JWS (coordinator key, `typ` `unwind-receipt+jwt`) over
+    /// `{"iss","jti","seq","chain_hash","iat"}`.
+    pub sig: String,
+}
+
+/// Signs receipts for ingest results, in order (`None` stays `None`).
+pub(super) struct ReceiptSigner {
+    key: std::sync::Arc<SigningKey>,
+    iss: String,
+}
+
+impl ReceiptSigner {
+    pub(super) fn new(state: &AppState) -> Self {
+        Self {
+            key: state.signing_key.clone(),
+            iss: state.config.coordinator_id.clone(),
+        }
+    }
+
+    fn sign(&self, entry: &ChainEntry, iat: i64) -> Result<Receipt, ApiError> {
+        let claims = object(json!({
+            "iss": self.iss,
+            "jti": entry.jti,
+            "seq": entry.seq,
+            "chain_hash": entry.chain_hash,
+            "iat": iat,
+        }));
+        let sig = self
+            .key
+            .sign(&claims, RECEIPT_TYP)
+            .map_err(ApiError::internal)?;
+        Ok(Receipt {
+            seq: entry.seq,
+            chain_hash: entry.chain_hash.clone(),
+            sig,
+        })
+    }
+
+    /// Signs on a blocking thread: a batch's signatures are CPU work.
+    pub(super) async fn sign_all(
+        self,
+        entries: Vec<Option<ChainEntry>>,
+    ) -> Result<Vec<Option<Receipt>>, ApiError> {
+        let iat = chrono::Utc::now().timestamp();
+        let inline = entries.len() <= 1;
+        let sign = move || {
+            entries
+                .iter()
+                .map(|e| e.as_ref().map(|e| self.sign(e, iat)).transpose())
+                .collect::<Result<Vec<_>, ApiError>>()
+        };
+        if inline {
+            return sign();
+        }
+        tokio::task::spawn_blocking(sign)
+            .await
+            .map_err(ApiError::internal)?
+    }
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// The newest entry of the chain, signed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerHead {
+    /// Position of the newest entry (0: empty ledger).
+    pub seq: i64,
+    /// Its chain hash (32 zero bytes in hex for an empty ledger).
+    pub chain_hash: String,
+    /// Entries in the chain (positions have no gaps: equal to `seq`).
+    pub count: i64,
+    /// Compact JWS (coordinator key, `typ` `unwind-ledger-head+jwt`) over
+    /// `{"iss","seq","chain_hash","count","iat"}`.
+    pub sig: String,
+}
+
+/// The head of the ledger's hash chain, signed by Unwind.
+#[utoipa::path(
+    get, path = "/v1/ledger/head", tag = "ledger",
+    responses(
+        (status = 200, body = LedgerHead),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn head(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<LedgerHead>, ApiError> {
+    caller.require(Role::Reader)?;
+    let head = state.store.chain_head().await?;
+    let claims = object(json!({
+        "iss": state.config.coordinator_id,
+        "seq": head.seq,
+        "chain_hash": head.chain_hash,
+        "count": head.seq,
+        "iat": chrono::Utc::now().timestamp(),
+    }));
+    let sig = state
+        .signing_key
+        .sign(&claims, HEAD_TYP)
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(LedgerHead {
+        seq: head.seq,
+        chain_hash: head.chain_hash,
+        count: head.seq,
+        sig,
+    }))
+}
+
+/// One entry and everything needed to recompute it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerProof {
+    pub jti: String,
+    pub seq: i64,
+    /// Chain hash of entry `seq - 1` (32 zero bytes in hex for entry 1).
+    pub prev_hash: String,
+    /// SHA-256 of `token`, hex.
+    pub token_hash: String,
+    pub chain_hash: String,
+    /// The compact JWS as stored.
+    pub token: String,
+    /// How `chain_hash` follows from `prev_hash` and `token`.
+    pub rule: String,
+    /// Unwind's signed receipt for the entry.
+    pub receipt: Receipt,
+}
+
+/// A token's entry in the hash chain, with what recomputes it.
+#[utoipa::path(
+    get, path = "/v1/ledger/proof/{jti}", tag = "ledger",
+    params(("jti" = String, Path, description = "Token id")),
+    responses(
+        (status = 200, body = LedgerProof),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn proof(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(jti): ApiPath<String>,
+) -> Result<axum::Json<LedgerProof>, ApiError> {
+    caller.require(Role::Reader)?;
+    let not_found = || ApiError::not_found(format!("no ledger entry for jti {jti}"));
+    let entry = state
+        .store
+        .chain_entries(std::slice::from_ref(&jti))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(not_found)?;
+    let record = state.store.get_ect(&jti).await?.ok_or_else(not_found)?;
+    let receipt = ReceiptSigner::new(&state).sign(&entry, chrono::Utc::now().timestamp())?;
+    Ok(axum::Json(LedgerProof {
+        token_hash: chain::token_hash(&record.token),
+        jti: entry.jti,
+        seq: entry.seq,
+        prev_hash: entry.prev_hash,
+        chain_hash: entry.chain_hash,
+        token: record.token,
+        rule: CHAIN_RULE.to_string(),
+        receipt,
+    }))
+}
