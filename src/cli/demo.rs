@@ -8,7 +8,7 @@
 //! uses the admin token), so the tour is also a working example of the protocol. `--script`
 //! decides the escalation itself and checks every expected outcome (CI runs it).
 
-mod agents;
+pub(crate) mod agents;
 mod checks;
 mod coordinator;
 

@@ -13,6 +13,7 @@ mod batch;
 mod graph;
 pub mod layout;
 mod render;
+pub mod synthetic;
 
 #[cfg(test)]
 mod props;

@@ -63,7 +63,7 @@ pub async fn run(args: IngestArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn measure(args: &IngestArgs, service: &BenchService) -> Result<Value, CliError> {
+pub(super) async fn measure(args: &IngestArgs, service: &BenchService) -> Result<Value, CliError> {
     let base = service.base.clone();
     let database_url = service.database_url.as_str();
     let key = service.key.clone();
@@ -90,13 +90,54 @@ async fn measure(args: &IngestArgs, service: &BenchService) -> Result<Value, Cli
         args.batch, args.clients
     );
     let total: usize = batches.iter().map(Vec::len).sum();
-    let batches = Arc::new(batches);
+    let (elapsed, mut batch_latencies) = ingest_batches(
+        &client,
+        std::slice::from_ref(&base),
+        Arc::new(batches),
+        args.clients,
+    )
+    .await?;
+    let ingest_rate = total as f64 / elapsed.as_secs_f64();
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let limit = verify_rate * cores as f64;
+    Ok(json!({
+        "machine": { "cores": cores },
+        "database": if database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+        "raw_es256_verify_per_s_one_core": verify_rate.round(),
+        "ingest": {
+            "tokens": total, "batch": args.batch, "clients": args.clients,
+            "seconds": elapsed.as_secs_f64(),
+            "tokens_per_s": ingest_rate.round(),
+            "ratio_to_verify_limit": ingest_rate / limit,
+            "verify_limit_all_cores": limit.round(),
+            "batch_p50_ms": percentile_ms(&mut batch_latencies, 0.50),
+            "batch_p99_ms": percentile_ms(&mut batch_latencies, 0.99),
+        },
+        "single": single,
+    }))
+}
+
+/// Posts every batch, `clients` at a time (client `c` talks to `bases[c % bases.len()]`), and
+/// checks that each token was created. Returns the wall time and each batch's latency.
+pub(super) async fn ingest_batches(
+    client: &reqwest::Client,
+    bases: &[String],
+    batches: Arc<Vec<Vec<String>>>,
+    clients: usize,
+) -> Result<(Duration, Vec<Duration>), CliError> {
+    if bases.is_empty() {
+        return Err(CliError::Usage("no service to ingest into".into()));
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..args.clients {
-        let (client, base, batches, next) =
-            (client.clone(), base.clone(), batches.clone(), next.clone());
+    for c in 0..clients {
+        // Clients are spread over the bases in turn (replicas behind no load balancer).
+        let base = bases[c % bases.len()].clone();
+        let (client, batches, next) = (client.clone(), batches.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -130,33 +171,12 @@ async fn measure(args: &IngestArgs, service: &BenchService) -> Result<Value, Cli
     for w in workers {
         batch_latencies.extend(w.await.map_err(failed)?.map_err(CliError::Failed)?);
     }
-    let elapsed = started.elapsed();
-    let ingest_rate = total as f64 / elapsed.as_secs_f64();
-
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let limit = verify_rate * cores as f64;
-    Ok(json!({
-        "machine": { "cores": cores },
-        "database": if database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
-        "raw_es256_verify_per_s_one_core": verify_rate.round(),
-        "ingest": {
-            "tokens": total, "batch": args.batch, "clients": args.clients,
-            "seconds": elapsed.as_secs_f64(),
-            "tokens_per_s": ingest_rate.round(),
-            "ratio_to_verify_limit": ingest_rate / limit,
-            "verify_limit_all_cores": limit.round(),
-            "batch_p50_ms": percentile_ms(&mut batch_latencies, 0.50),
-            "batch_p99_ms": percentile_ms(&mut batch_latencies, 0.99),
-        },
-        "single": single,
-    }))
+    Ok((started.elapsed(), batch_latencies))
 }
 
 /// `count` workflows of `size` tokens each: a binary tree (token k's parent is (k-1)/2), so a
 /// batch carries its own parents and batches never wait for each other.
-async fn sign_batches(
+pub(super) async fn sign_batches(
     key: Arc<SigningKey>,
     count: usize,
     size: usize,
@@ -206,7 +226,13 @@ async fn sign_batches(
     Ok(all.into_iter().map(|(_, b)| b).collect())
 }
 
-fn bench_claims(iss: &str, jti: &str, wid: &str, par: Vec<String>, now: i64) -> Map<String, Value> {
+pub(super) fn bench_claims(
+    iss: &str,
+    jti: &str,
+    wid: &str,
+    par: Vec<String>,
+    now: i64,
+) -> Map<String, Value> {
     let v = json!({
         "iss": iss, "aud": "spiffe://unwind.local/coordinator", "iat": now, "exp": now + 3600,
         "jti": jti, "wid": wid, "exec_act": "bench_step", "par": par,
@@ -219,7 +245,7 @@ fn bench_claims(iss: &str, jti: &str, wid: &str, par: Vec<String>, now: i64) -> 
 }
 
 /// Signature checks per second on one core: the primitive ingest cannot beat.
-async fn raw_verify_rate(
+pub(super) async fn raw_verify_rate(
     token: &str,
     jwk: jsonwebtoken::jwk::Jwk,
     samples: usize,
@@ -249,7 +275,7 @@ async fn raw_verify_rate(
 }
 
 /// Single `application/jwt` requests at a fixed rate; latency percentiles.
-async fn single_latency(
+pub(super) async fn single_latency(
     client: &reqwest::Client,
     base: &str,
     key: Arc<SigningKey>,
@@ -326,7 +352,7 @@ async fn single_latency(
     }))
 }
 
-fn percentile_ms(values: &mut [Duration], q: f64) -> f64 {
+pub(super) fn percentile_ms(values: &mut [Duration], q: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
     }

@@ -5,8 +5,11 @@
 //! directory), and drives it over loopback HTTP, so client and server share the machine's cores:
 //! a worst case.
 
+mod all;
 mod ingest;
+mod plot;
 mod rollback;
+mod soak;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,8 +20,10 @@ use super::CliError;
 use crate::config::{AuthTokenConfig, Config, Role, TrustIssuerConfig};
 use crate::ect::{KeyAlg, SigningKey};
 
+pub use all::AllArgs;
 pub use ingest::IngestArgs;
 pub use rollback::RollbackArgs;
+pub use soak::SoakArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -30,12 +35,22 @@ pub enum BenchCommand {
     ///
     /// Example: unwind bench rollback --checkpoints 1000 --levels 10 --agent-delay-ms 10
     Rollback(RollbackArgs),
+    /// Constant mixed load for a while: memory and latency must stay flat.
+    ///
+    /// Example: unwind bench soak --duration 10m --out soak-results
+    Soak(SoakArgs),
+    /// The performance record: every figure of design.md §9 in one run, beside its limit.
+    ///
+    /// Example: unwind bench all --database-url postgres://postgres@127.0.0.1/postgres
+    All(AllArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Ingest(args) => ingest::run(args).await,
         BenchCommand::Rollback(args) => rollback::run(args).await,
+        BenchCommand::Soak(args) => soak::run(args).await,
+        BenchCommand::All(args) => all::run(args).await,
     }
 }
 
@@ -44,6 +59,19 @@ const AGENT: &str = "spiffe://bench.example/agent/";
 
 fn failed(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
+}
+
+/// Resident set size of this process in KiB, from `/proc/self/status` (0 where unavailable).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The service under measurement, with a trusted agent key and an operator token.

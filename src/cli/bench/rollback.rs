@@ -112,7 +112,10 @@ async fn stub_agent(delay: Duration) -> Result<(String, tokio::task::JoinHandle<
     Ok((uri, task))
 }
 
-async fn measure(args: &RollbackArgs, service: &BenchService) -> Result<Value, CliError> {
+pub(super) async fn measure(
+    args: &RollbackArgs,
+    service: &BenchService,
+) -> Result<Value, CliError> {
     let delay = Duration::from_millis(args.agent_delay_ms);
     let mut agents = Vec::new();
     for _ in 0..args.agents {
