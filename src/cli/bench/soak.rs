@@ -445,7 +445,7 @@ async fn soak(
         slot += 1;
         if kind == 4 {
             rollbacks += 1;
-            if rollbacks % ESCALATE_EVERY == 0 {
+            if rollbacks.is_multiple_of(ESCALATE_EVERY) {
                 kind = 5;
             }
         }
