@@ -75,7 +75,9 @@ fn fmt_tick(v: f64) -> String {
     } else if v >= 1.0 {
         format!("{v:.1}")
     } else {
-        format!("{v}")
+        // Steps are decimal, their sums are not: 0.30000000000000004 is 0.3.
+        let t = format!("{v:.3}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -92,6 +94,13 @@ fn polyline(out: &mut String, points: &[(f64, f64)], colour: &str) {
         r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
         coords.join(" ")
     );
+    // A marker per window, so a kind seen in one window only still shows.
+    for (x, y) in points {
+        let _ = writeln!(
+            out,
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="2.5" fill="{colour}"/>"#
+        );
+    }
 }
 
 /// Frame, grid, tick labels and title of one panel.
@@ -143,7 +152,19 @@ fn x_pixel(minutes: f64, x_max: f64) -> f64 {
 
 /// The figure of a soak: RSS (MiB) and p99 per kind (ms) against minutes since the start.
 pub fn soak_svg(samples: &[Sample], verdict: &Verdict) -> String {
-    let height = TOP + 2.0 * PANEL + GAP + 60.0;
+    let verdict_lines: Vec<String> = if verdict.pass {
+        vec!["verdict: pass (RSS flat, p99 stable, no failed requests)".to_string()]
+    } else {
+        std::iter::once("verdict: FAIL".to_string())
+            .chain(
+                verdict
+                    .reasons
+                    .iter()
+                    .map(|r| format!("- {}", xml_escape(r))),
+            )
+            .collect()
+    };
+    let height = TOP + 2.0 * PANEL + GAP + 50.0 + 16.0 * verdict_lines.len() as f64;
     let x_max = samples.last().map_or(1.0, |s| s.t_s / 60.0);
     let mut out = String::new();
     let _ = writeln!(
@@ -217,16 +238,14 @@ pub fn soak_svg(samples: &[Sample], verdict: &Verdict) -> String {
             x + 24.0
         );
     }
-    let _ = writeln!(
-        out,
-        r#"<text x="{LEFT}" y="{:.1}" font-size="12">verdict: {}</text>"#,
-        height - 8.0,
-        if verdict.pass {
-            "pass (RSS flat, p99 stable, no failed requests)".to_string()
-        } else {
-            format!("FAIL: {}", xml_escape(&verdict.reasons.join("; ")))
-        }
-    );
+    let first_line = TOP + 2.0 * PANEL + GAP + 60.0;
+    for (i, line) in verdict_lines.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{:.1}" font-size="12">{line}</text>"#,
+            first_line + 16.0 * i as f64
+        );
+    }
     out.push_str("</svg>\n");
     out
 }
