@@ -89,7 +89,7 @@ pub const KINDS: [&str; 6] = [
 ];
 
 /// One cycle of the load: at 40 requests/s, 20 single tokens, 4 batches of 50 tokens, 8 blast
-/// radius and 4 DAG queries, 1.6 rollbacks and 0.4 escalations per second.
+/// radius and 4 DAG queries, 3.2 rollbacks and 0.8 escalations per second.
 const MIX: [usize; 20] = [0, 2, 0, 1, 0, 3, 0, 2, 0, 4, 0, 2, 0, 1, 0, 3, 0, 2, 0, 4];
 /// Every fifth rollback slot is an escalation instead.
 const ESCALATE_EVERY: u64 = 5;
