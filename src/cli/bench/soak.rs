@@ -471,7 +471,8 @@ async fn soak(
         });
     }
     while tasks.join_next().await.is_some() {}
-    // What finished after the last full window belongs to it.
+    // Requests still running when the last window closed are not in any window; their
+    // failures are counted in the last one so that none goes unreported.
     let rest = load.take_window();
     if let Some(last) = samples.last_mut() {
         let extra = summarise(started.elapsed(), rest);
