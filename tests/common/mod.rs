@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod browser;
 pub mod process;
+pub mod pg_cluster;
 pub mod receiver;
 pub mod server;
 pub mod tokens;

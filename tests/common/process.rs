@@ -374,6 +374,14 @@ impl ServeSetup {
         }
     }
 
+    /// Like [`ServeSetup::new`], on a database the test runs itself (e.g. a private
+    /// PostgreSQL cluster); `options.database` stays unset.
+    pub async fn on_url(url: &str, options: ServeOptions) -> ServeSetup {
+        let mut setup = Self::new(options).await;
+        setup.database_url = Some(url.to_string());
+        setup
+    }
+
     /// The data directory of replica `name`.
     pub fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("data-{name}"))

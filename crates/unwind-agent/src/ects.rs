@@ -29,6 +29,7 @@ pub struct EctSigner {
     aud: Vec<String>,
     profile: Profile,
     evidence_ttl_s: i64,
+    clock_offset_s: i64,
 }
 
 impl EctSigner {
@@ -40,6 +41,7 @@ impl EctSigner {
             aud: vec![aud.into()],
             profile: Profile::Draft00,
             evidence_ttl_s: DEFAULT_EVIDENCE_TTL_S,
+            clock_offset_s: 0,
         }
     }
 
@@ -53,6 +55,18 @@ impl EctSigner {
     pub fn with_evidence_ttl(mut self, ttl_s: i64) -> Self {
         self.evidence_ttl_s = ttl_s.max(1);
         self
+    }
+
+    /// Test hook: runs this signer's clock `offset_s` seconds ahead (negative: behind) of the
+    /// system clock, to reproduce clock skew between machines. Leave it unset in production.
+    pub fn with_clock_offset(mut self, offset_s: i64) -> Self {
+        self.clock_offset_s = offset_s;
+        self
+    }
+
+    /// Now (Unix seconds) by this signer's clock: the system clock plus any test offset.
+    pub fn now(&self) -> i64 {
+        now_unix().saturating_add(self.clock_offset_s)
     }
 
     pub fn iss(&self) -> &str {
@@ -112,7 +126,7 @@ impl EctSigner {
         parents: &[String],
         ext: Map<String, Value>,
     ) -> Result<String, SignError> {
-        let now = now_unix();
+        let now = self.now();
         let claims = self.base(
             &new_jti(),
             exec_act,
