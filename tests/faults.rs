@@ -346,7 +346,15 @@ async fn run_row(s: &TestServer, row: &Row) {
     let wid = wid();
     let (cp, token) = a
         .agent
-        .checkpoint(b"state v1", 3600, Some("router-1"), true, &wid, &[], Some(&uri))
+        .checkpoint(
+            b"state v1",
+            3600,
+            Some("router-1"),
+            true,
+            &wid,
+            &[],
+            Some(&uri),
+        )
         .await
         .unwrap();
     s.ingest_ok(&[token]).await;
@@ -378,7 +386,10 @@ async fn run_row(s: &TestServer, row: &Row) {
         assert_eq!(complete_status(s, &reached).await, "completed", "{ctx}");
         assert!(breaker_opens(s, &agent).await.is_empty(), "{ctx}");
         let state = breaker_state(s, &agent).await;
-        assert!(matches!(state.as_deref(), None | Some("closed")), "{ctx}: {state:?}");
+        assert!(
+            matches!(state.as_deref(), None | Some("closed")),
+            "{ctx}: {state:?}"
+        );
         return;
     }
 
@@ -392,7 +403,11 @@ async fn run_row(s: &TestServer, row: &Row) {
     let opens = breaker_opens(s, &agent).await;
     assert_eq!(opens.len(), 1, "{ctx}: {opens:?}");
     assert_eq!(opens[0]["par"], json!([start]), "{ctx}");
-    assert_eq!(breaker_state(s, &agent).await.as_deref(), Some("open"), "{ctx}");
+    assert_eq!(
+        breaker_state(s, &agent).await.as_deref(),
+        Some("open"),
+        "{ctx}"
+    );
     assert!(executed(&a).is_empty(), "{ctx}: nothing restored");
 
     assert_eq!(decide(s, &id, "abort").await.status(), 200, "{ctx}");
@@ -450,7 +465,11 @@ async fn ingest_until(
             .send()
             .await
             .unwrap();
-        assert!(started.elapsed() < PROMPT, "ingest took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < PROMPT,
+            "ingest took {:?}",
+            started.elapsed()
+        );
         let status = r.status().as_u16();
         let body = r.json::<Value>().await.unwrap_or(Value::Null);
         sent.push((vec![parent, child], status, body));
@@ -487,7 +506,10 @@ async fn until_status(client: &reqwest::Client, url: &str, want: u16, limit: Dur
         if status == want {
             return body;
         }
-        assert!(Instant::now() < deadline, "GET {url}: still {status}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "GET {url}: still {status}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -496,7 +518,10 @@ async fn until_status(client: &reqwest::Client, url: &str, want: u16, limit: Dur
 async fn until_logged(log: &Log, kind: &str, n: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
     while log.lock().unwrap().iter().filter(|e| e.1 == kind).count() < n {
-        assert!(Instant::now() < deadline, "no restore {kind} within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no restore {kind} within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -562,11 +587,21 @@ async fn postgres_restarted_mid_rollback_loses_nothing() {
     assert!(took < Duration::from_secs(2), "/healthz took {took:?}");
     let not_ready = until_status(&client, &c.url("/readyz"), 503, Duration::from_secs(10)).await;
     assert_eq!(not_ready["code"], "not_ready", "{not_ready}");
-    assert!(down.elapsed() < Duration::from_secs(10), "{:?}", down.elapsed());
-    for path in [format!("/v1/rollbacks/{id}"), "/v1/ects?limit=5".to_string()] {
+    let red_after = down.elapsed();
+    assert!(red_after < Duration::from_secs(10), "{red_after:?}");
+    let mut slowest = Duration::ZERO;
+    for path in [
+        format!("/v1/rollbacks/{id}"),
+        "/v1/ects?limit=5".to_string(),
+    ] {
         let (status, body, took) = timed_get(&client, &c.url(&path)).await;
-        assert_eq!((status, body["code"].clone()), (503, json!("unavailable")), "{path}: {body}");
+        assert_eq!(
+            (status, body["code"].clone()),
+            (503, json!("unavailable")),
+            "{path}: {body}"
+        );
         assert!(took < PROMPT, "{path} took {took:?}");
+        slowest = slowest.max(took);
     }
     // Down long enough that B's restore ends (its result cannot be written) and the
     // rollback's lease runs out.
@@ -577,22 +612,31 @@ async fn postgres_restarted_mid_rollback_loses_nothing() {
     }
 
     pg.start_again().await;
+    let up = Instant::now();
     until_status(&client, &c.url("/readyz"), 200, Duration::from_secs(30)).await;
-    let done = c
-        .wait_for(&id, TERMINAL, Duration::from_secs(90))
-        .await;
+    let green_after = up.elapsed();
+    let done = c.wait_for(&id, TERMINAL, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done}\n{}", c.logs());
+    let completed_after = up.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = ingest.await.unwrap();
 
     // Each restore ran exactly once: the retried execute got the agent's stored answer.
     for agent in [a, b] {
         let runs = agent.controls.calls()["executed"].as_array().unwrap().len();
-        assert_eq!(runs, 1, "{}: restores {:?}", agent.uri, agent.controls.calls());
+        assert_eq!(
+            runs,
+            1,
+            "{}: restores {:?}",
+            agent.uri,
+            agent.controls.calls()
+        );
     }
     // One rollback_complete, signed once.
     let completes = c
-        .get(&format!("/v1/ects?wid={wid}&exec_act=rollback_complete&limit=100"))
+        .get(&format!(
+            "/v1/ects?wid={wid}&exec_act=rollback_complete&limit=100"
+        ))
         .await;
     let coordinator = completes["items"]
         .as_array()
@@ -625,11 +669,24 @@ async fn postgres_restarted_mid_rollback_loses_nothing() {
             assert_eq!(stored, batch.len(), "acknowledged but not stored: {body}");
         } else {
             refused += 1;
-            assert_eq!((*status, body["code"].clone()), (503, json!("unavailable")), "{body}");
+            assert_eq!(
+                (*status, body["code"].clone()),
+                (503, json!("unavailable")),
+                "{body}"
+            );
             assert!(stored == 0 || stored == batch.len(), "half a batch stored");
         }
     }
-    assert!(acked >= 2 && refused >= 1, "acked {acked}, refused {refused}");
+    assert!(
+        acked >= 2 && refused >= 1,
+        "acked {acked}, refused {refused}"
+    );
+    eprintln!(
+        "database down {outage:?}: /readyz 503 after {red_after:?}, API answers within \
+         {slowest:?}; /readyz 200 {green_after:?} after the restart; rollback completed \
+         {:?} after it; ingest batches: {acked} acknowledged, {refused} refused",
+        completed_after
+    );
 
     // The ledger's hash chain holds across the restart.
     let export = setup.dir.path().join("after-restart.json");
@@ -733,9 +790,16 @@ async fn agents_verify_the_coordinators_context_with_their_own_clocks() {
         assert_eq!(st["prepare_status"], "cannot_prepare", "{ctx}: {st}");
         let detail = st["error"]["detail"].as_str().unwrap_or("");
         assert!(detail.contains("401"), "{ctx}: {st}");
-        assert_eq!(st["attempts"], json!(1), "{ctx}: a 4xx is not retried: {st}");
+        assert_eq!(
+            st["attempts"],
+            json!(1),
+            "{ctx}: a 4xx is not retried: {st}"
+        );
         assert_eq!(a.calls(), (1, 0), "{ctx}");
-        assert!(a.controls.calls()["prepare_hooks"] == 0, "{ctx}: refused before the hook");
+        assert!(
+            a.controls.calls()["prepare_hooks"] == 0,
+            "{ctx}: refused before the hook"
+        );
         assert_eq!(decide(&s, &id, "abort").await.status(), 200);
         let done = wait_for(&s, &id, TERMINAL).await;
         assert_eq!(complete_status(&s, &done).await, "aborted", "{ctx}");

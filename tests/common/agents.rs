@@ -10,8 +10,8 @@ use unwind::config::Config;
 use unwind::ect::SigningKey;
 use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
 use unwind_agent::{
-    Agent, AgentBuilder, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
-    RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
+    Agent, AgentBuilder, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError,
+    PrepareDecision, RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
 };
 
 use super::server::*;

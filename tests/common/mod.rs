@@ -9,8 +9,8 @@
 
 pub mod agents;
 pub mod browser;
-pub mod process;
 pub mod pg_cluster;
+pub mod process;
 pub mod receiver;
 pub mod server;
 pub mod tokens;

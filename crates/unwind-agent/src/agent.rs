@@ -261,10 +261,9 @@ impl AgentBuilder {
             .map_err(|e| AgentError::Config(e.to_string()))?,
         };
         let verifier = Verifier::new(Arc::new(trust), self.policy.unwrap_or_default());
-        let mut signer =
-            EctSigner::new(id.clone(), key, coordinator_id.clone())
-                .with_profile(self.profile)
-                .with_clock_offset(self.clock_offset_s);
+        let mut signer = EctSigner::new(id.clone(), key, coordinator_id.clone())
+            .with_profile(self.profile)
+            .with_clock_offset(self.clock_offset_s);
         if let Some(ttl) = self.evidence_ttl_s {
             signer = signer.with_evidence_ttl(ttl);
         }
