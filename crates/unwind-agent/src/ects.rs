@@ -242,3 +242,24 @@ fn truncate(text: &str, max: usize) -> &str {
     }
     &text[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unwind_ect::KeyAlg;
+
+    #[test]
+    fn a_clock_offset_moves_the_times_it_signs() {
+        let key = SigningKey::generate(KeyAlg::ES256).unwrap();
+        let signer = EctSigner::new("spiffe://example.com/agent/a", key, "spiffe://c")
+            .with_evidence_ttl(60)
+            .with_clock_offset(-120);
+        let before = now_unix();
+        let token = signer.action_ect("act", None, &[], Map::new()).unwrap();
+        let (_, claims) = unwind_ect::jws::decode_unverified(&token).unwrap();
+        let iat = claims["iat"].as_i64().unwrap();
+        assert!((before - 120..=now_unix() - 120).contains(&iat), "{claims}");
+        assert_eq!(claims["exp"].as_i64().unwrap(), iat + 60);
+        assert!((before - 120..=now_unix() - 120).contains(&signer.now()));
+    }
+}
