@@ -60,15 +60,19 @@ pub fn postgres_admin_url() -> Option<String> {
     match std::env::var(POSTGRES_ENV) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            let on_ci = std::env::var("CI").map(|v| !v.is_empty()).unwrap_or(false);
             assert!(
-                !on_ci,
+                !on_ci(),
                 "CI is set but {POSTGRES_ENV} is not: the PostgreSQL tests must run on CI \
                  (e.g. {POSTGRES_ENV}=postgres://postgres@127.0.0.1:5432/postgres)"
             );
             None
         }
     }
+}
+
+/// True on CI (`CI` set), where tests that need a service must not skip.
+pub fn on_ci() -> bool {
+    std::env::var("CI").map(|v| !v.is_empty()).unwrap_or(false)
 }
 
 /// The back ends available to this test run: SQLite, plus PostgreSQL when configured.

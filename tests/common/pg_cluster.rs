@@ -25,10 +25,12 @@ impl Drop for PgCluster {
     }
 }
 
-/// Why no private cluster can be made here; a panic under `CI=true`, where the test must run.
+/// Why no private cluster can be made here; a panic on CI, where the test must run.
 fn unavailable(why: &str) -> Option<PgCluster> {
-    let on_ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
-    assert!(!on_ci, "CI=true but no private PostgreSQL cluster: {why}");
+    assert!(
+        !super::on_ci(),
+        "CI is set but there is no private PostgreSQL cluster: {why}"
+    );
     eprintln!("skipped: no private PostgreSQL cluster: {why}");
     None
 }
@@ -67,7 +69,7 @@ fn is_root() -> bool {
 
 impl PgCluster {
     /// Creates and starts a cluster on a free port (trust authentication, user `postgres`), or
-    /// says why it cannot and returns `None` (panics under `CI=true`).
+    /// says why it cannot and returns `None` (panics on CI).
     pub async fn start() -> Option<PgCluster> {
         tokio::task::spawn_blocking(Self::create).await.unwrap()
     }
