@@ -704,6 +704,79 @@ async fn postgres_restarted_mid_rollback_loses_nothing() {
     assert_eq!(audit.code, Some(0), "{}\n{}", audit.stdout, audit.stderr);
 }
 
+/// PostgreSQL ends the sessions of a request in flight (`pg_terminate_backend`, as a fast
+/// shutdown or an administrator does): the request answers 503 `unavailable`, not 500, stores
+/// nothing, and the same token is accepted once the database is back.
+#[tokio::test]
+async fn sessions_cut_by_postgresql_answer_unavailable() {
+    use sqlx::Connection as _;
+    for s in servers().await {
+        if s.name != "postgres" {
+            continue;
+        }
+        // Hold the ledger table, so that an ingest waits in the database.
+        let mut locker = sqlx::PgConnection::connect(s.database_url()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+        sqlx::query("LOCK TABLE ects IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        let token = s.sign(&claims("a", "cut-1", &wid(), "act", &[]));
+        let waiting = tokio::spawn({
+            let (client, url, token) = (s.client.clone(), s.url("/v1/ects"), token.clone());
+            async move {
+                client
+                    .post(url)
+                    .bearer_auth(OPERATOR_TOKEN)
+                    .header("content-type", "application/jwt")
+                    .body(token)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        });
+        // Once it waits on the lock, end every session of the service.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiters: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut locker)
+            .await
+            .unwrap();
+            if waiters > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ingest never waited on the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut locker)
+        .await
+        .unwrap();
+        let r = tokio::time::timeout(PROMPT, waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_problem(r, 503, "unavailable", "session cut").await;
+        sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+        let _ = locker.close().await;
+
+        let (status, _) = s.get_json("/v1/ects/cut-1").await;
+        assert_eq!(status, 404, "nothing stored");
+        assert_eq!(s.post_token(&token).await.status(), 201);
+        let (status, _) = s.get_json("/readyz").await;
+        assert_eq!(status, 200);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clock skew between agents and the coordinator.
 
