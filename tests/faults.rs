@@ -704,11 +704,11 @@ async fn postgres_restarted_mid_rollback_loses_nothing() {
     assert_eq!(audit.code, Some(0), "{}\n{}", audit.stdout, audit.stderr);
 }
 
-/// PostgreSQL ends the sessions of a request in flight (`pg_terminate_backend`, as a fast
+/// PostgreSQL ends the connection of a request in flight (`pg_terminate_backend`, as a fast
 /// shutdown or an administrator does): the request answers 503 `unavailable`, not 500, stores
 /// nothing, and the same token is accepted once the database is back.
 #[tokio::test]
-async fn sessions_cut_by_postgresql_answer_unavailable() {
+async fn connections_cut_by_postgresql_answer_unavailable() {
     use sqlx::Connection as _;
     for s in servers().await {
         if s.name != "postgres" {
@@ -735,7 +735,7 @@ async fn sessions_cut_by_postgresql_answer_unavailable() {
                     .unwrap()
             }
         });
-        // Once it waits on the lock, end every session of the service.
+        // Once it waits on the lock, end every connection of the service.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let waiters: i64 = sqlx::query_scalar(
@@ -765,7 +765,7 @@ async fn sessions_cut_by_postgresql_answer_unavailable() {
             .await
             .unwrap()
             .unwrap();
-        assert_problem(r, 503, "unavailable", "session cut").await;
+        assert_problem(r, 503, "unavailable", "connection cut").await;
         sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
         let _ = locker.close().await;
 
