@@ -104,6 +104,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let (detection_queue, detection_rx) = DetectionQueue::new(config.cascade.queue);
     let ledger = Arc::new(
         Ledger::new(store.clone(), verifier, config.ect.clock_skew_s)
+            .with_own_issuer(config.coordinator_id.clone())
             .with_observer(Arc::new(detection_queue)),
     );
     let signing_key = Arc::new(signing_key);

@@ -97,12 +97,35 @@ async fn receipts_head_and_proof() {
             "no receipt for a refusal"
         );
 
-        let signed = receipt_claims(&s, results[0]["receipt"]["sig"].as_str().unwrap()).await;
-        assert_eq!(signed["jti"], "rc-child");
-        assert_eq!(signed["seq"], 2);
-        assert_eq!(signed["chain_hash"], results[0]["receipt"]["chain_hash"]);
+        // A single token's receipt is signed alone.
+        let signed = receipt_claims(&s, single["receipt"]["sig"].as_str().unwrap()).await;
+        assert_eq!(signed["jti"], "rc-root");
+        assert_eq!(signed["seq"], 1);
+        assert_eq!(signed["chain_hash"], single["receipt"]["chain_hash"]);
         assert_eq!(signed["iss"], s.coordinator_id.as_str());
         assert!(signed["iat"].as_i64().unwrap() > 1_700_000_000);
+
+        // A batch has one signature over every entry it answers with, in input order.
+        assert!(
+            results[0]["receipt"].get("sig").is_none(),
+            "batch items are signed by the batch receipt"
+        );
+        let signed = receipt_claims(&s, batch["batch_receipt"].as_str().unwrap()).await;
+        assert_eq!(signed["iss"], s.coordinator_id.as_str());
+        assert!(signed["iat"].as_i64().unwrap() > 1_700_000_000);
+        let entries = signed["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "created and duplicate, not the refusal");
+        for (entry, item) in entries.iter().zip(&results[..2]) {
+            assert_eq!(entry["jti"], item["jti"]);
+            assert_eq!(entry["seq"], item["receipt"]["seq"]);
+            assert_eq!(entry["chain_hash"], item["receipt"]["chain_hash"]);
+        }
+        let refused = post_batch(&s, &[s.sign(&claims("a", "rc-x", "wf-rc", "act", &["nope"]))]).await;
+        assert_eq!(refused["results"][0]["status"], "rejected");
+        assert!(
+            refused.get("batch_receipt").is_none(),
+            "nothing to sign when every token is refused"
+        );
 
         let head: Value = get(&s, "/v1/ledger/head").await.json().await.unwrap();
         assert_eq!(head["seq"], 2, "{}", s.name);

@@ -297,6 +297,10 @@ pub trait Store: cascade::CascadeStore + CircuitStore + HitlStore + Send + Sync 
         rollback_id: &str,
     ) -> Result<Option<(RollbackRecord, Vec<StepRecord>)>, StoreError>;
 
+    /// Those of `wids` that a completed `full_workflow` rollback ended: the ledger refuses new
+    /// tokens into them (`workflow_terminated`).
+    async fn terminated_workflows(&self, wids: &[String]) -> Result<Vec<String>, StoreError>;
+
     /// Rollbacks oldest first.
     async fn list_rollbacks(
         &self,
