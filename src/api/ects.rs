@@ -220,7 +220,12 @@ async fn ingest(
 
     let signer = ReceiptSigner::new(&state);
     if single {
-        let Some(IngestResult { jti, outcome, entry }) = body_results.into_iter().next() else {
+        let Some(IngestResult {
+            jti,
+            outcome,
+            entry,
+        }) = body_results.into_iter().next()
+        else {
             return Err(ApiError::internal("ingest returned no result"));
         };
         let status = outcome.map_err(ApiError::from)?;

@@ -7,8 +7,8 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use utoipa::IntoParams;
 use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -539,13 +539,18 @@ impl Store for SqliteStore {
     async fn terminated_workflows(&self, wids: &[String]) -> Result<Vec<String>, StoreError> {
         let mut found = Vec::new();
         for chunk in wids.chunks(CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new("SELECT DISTINCT wid FROM rollbacks WHERE wid IN (");
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT DISTINCT wid FROM rollbacks WHERE wid IN (");
             let mut list = qb.separated(", ");
             for wid in chunk {
                 list.push_bind(wid);
             }
             qb.push(") AND status = 'completed' AND scope = 'full_workflow'");
-            found.extend(qb.build_query_scalar::<String>().fetch_all(&self.reader).await?);
+            found.extend(
+                qb.build_query_scalar::<String>()
+                    .fetch_all(&self.reader)
+                    .await?,
+            );
         }
         Ok(found)
     }
