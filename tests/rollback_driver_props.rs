@@ -320,6 +320,14 @@ async fn run_case(s: &mut TestServer, case: &Case) {
     );
 }
 
+/// `PROPTEST_CASES` when set (a longer run), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -332,7 +340,7 @@ proptest! {
     // Each case runs on both stores, and a crash waits out a lease (3 s): few cases, small
     // shrinking budget. The seeds of failures are kept in proptest-regressions/.
     #![proptest_config(ProptestConfig {
-        cases: 12,
+        cases: cases(12),
         max_shrink_iters: 16,
         ..ProptestConfig::default()
     })]
