@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agents::*;
-use common::process::{run_cli, unwind};
+use common::process::{ServeOptions, ServeSetup, run_cli, unwind};
 use common::receiver::*;
 use common::server::*;
 use serde_json::{Value, json};
@@ -259,5 +259,38 @@ async fn zero_days_keeps_everything() {
         assert_eq!(pruned, Pruned::default(), "{}", s.name);
         let r = rollback(&s, &id).await;
         assert!(!r["steps"].as_array().unwrap().is_empty(), "{}: {r}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_serving_process_prunes_every_interval() {
+    for kind in common::test_kinds() {
+        let setup = ServeSetup::new(ServeOptions {
+            database: Some(kind),
+            extra: "[retention]\ninterval_s = 1\n",
+            ..ServeOptions::default()
+        })
+        .await;
+        let s = setup.start("one").await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // At start, then once a second.
+        while s.logs().matches("retention: prune run done").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{kind:?}: no prune runs in\n{}",
+                s.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let metrics = reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for table in ["rollback_steps", "webhook_outbox", "webhook_attempts"] {
+            let series = format!("unwind_retention_pruned_total{{table=\"{table}\"}} 0");
+            assert!(metrics.contains(&series), "{kind:?}: no {series} in\n{metrics}");
+        }
     }
 }
