@@ -163,15 +163,17 @@ BEGIN
 END
 \$\$;
 
--- Operational rows: one rollback per 1000 ledger rows (1% still running, the rest finished,
--- half of those more than 30 days ago), ten steps each; one webhook event per 500 rows (5%
--- pending), one to three attempts each.
+-- Operational rows: one rollback per 1000 ledger rows (the newest 1% still running, the rest
+-- finished, half of those more than 30 days ago), ten steps each; one webhook event per 500
+-- rows (the newest 1% pending), one to three attempts each. Work still to do is the newest,
+-- as in a real database: a query walking claim order from the start would cross all the rest.
 INSERT INTO rollbacks (rollback_id, wid, checkpoint_id, trigger_ect, scope, status,
                        requested_by, reason, on_cannot_prepare, request_hash, plan,
                        failed_agents, result, created_at, updated_at, version)
 SELECT 'urn:uuid:' || md5('rb' || r)::uuid, 'wf-' || (r % $WORKFLOWS), g_jti(r * 1000),
        NULL, 'sub_dag',
-       CASE WHEN r % 100 = 0 THEN 'executing' WHEN r % 100 = 1 THEN 'awaiting_decision'
+       CASE WHEN r > $ROLLBACKS - $ROLLBACKS / 100
+              THEN CASE WHEN r % 2 = 0 THEN 'executing' ELSE 'awaiting_decision' END
             WHEN r % 10 = 2 THEN 'partial' ELSE 'completed' END,
        'operator:ops', 'generated', 'escalate', md5('h' || r), '[]', '[]', '{}',
        now() - (($ROLLBACKS - r) * interval '1 minute') - interval '10 days',
@@ -193,9 +195,9 @@ INSERT INTO webhook_outbox (event_id, event_key, event_type, url, body, created_
 SELECT 'evt_' || md5('e' || e), 'rollback:' || e, 'rollback.partial',
        'https://hooks.example/unwind', repeat('{"x":"' || md5(e::text) || '"}', 20),
        now() - (($EVENTS - e) * interval '30 seconds') - interval '5 days',
-       CASE WHEN e % 20 = 0 THEN 'pending' ELSE 'delivered' END, 1 + e % 3,
+       CASE WHEN e > $EVENTS - $EVENTS / 100 THEN 'pending' ELSE 'delivered' END, 1 + e % 3,
        now() - (($EVENTS - e) * interval '30 seconds') - interval '5 days',
-       CASE WHEN e % 20 = 0 THEN NULL
+       CASE WHEN e > $EVENTS - $EVENTS / 100 THEN NULL
             ELSE now() - (($EVENTS - e) * interval '30 seconds') - interval '5 days'
                  - CASE WHEN e % 2 = 0 THEN interval '40 days' ELSE interval '0' END END
 FROM generate_series(1, $EVENTS) e;
@@ -301,8 +303,8 @@ explain "Webhook attempts, page in the middle (list_attempts)" \
 explain "Unrecorded cascade alerts (cascade recovery at start)" \
   "SELECT id FROM cascade_alerts WHERE NOT recorded ORDER BY seq LIMIT 1000"
 explain "Retention: steps of finished rollbacks, one batch (prune_rollback_steps)" \
-  "DELETE FROM rollback_steps WHERE (rollback_id, checkpoint_id) IN (SELECT s.rollback_id, s.checkpoint_id FROM rollback_steps s JOIN rollbacks r ON r.rollback_id = s.rollback_id WHERE s.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.status IN ($FINISHED) AND NOT EXISTS (SELECT 1 FROM rollbacks n WHERE n.rollback_id = r.superseded_by AND n.status NOT IN ($FINISHED)) ORDER BY s.updated_at LIMIT 1000 FOR UPDATE OF s SKIP LOCKED)"
+  "DELETE FROM rollback_steps WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM rollback_steps s JOIN rollbacks r ON r.rollback_id = s.rollback_id WHERE s.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.status IN ($FINISHED) AND NOT EXISTS (SELECT 1 FROM rollbacks n WHERE n.rollback_id = r.superseded_by AND n.status NOT IN ($FINISHED)) ORDER BY s.updated_at LIMIT 1000 FOR UPDATE OF s SKIP LOCKED))"
 explain "Retention: delivered webhook events and attempts, one batch (prune_webhook_deliveries)" \
-  "WITH doomed AS (SELECT seq FROM webhook_outbox WHERE state = 'delivered' AND delivered_at < now() - 2592000000000::int8 * interval '1 microsecond' ORDER BY delivered_at LIMIT 1000 FOR UPDATE SKIP LOCKED), gone_attempts AS (DELETE FROM webhook_attempts WHERE delivery IN (SELECT seq FROM doomed) RETURNING 1), gone_events AS (DELETE FROM webhook_outbox WHERE seq IN (SELECT seq FROM doomed) RETURNING 1) SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_attempts)"
+  "WITH doomed AS (SELECT seq FROM webhook_outbox WHERE state = 'delivered' AND delivered_at < now() - 2592000000000::int8 * interval '1 microsecond' ORDER BY delivered_at LIMIT 1000 FOR UPDATE SKIP LOCKED), gone_attempts AS (DELETE FROM webhook_attempts WHERE delivery = ANY(ARRAY(SELECT seq FROM doomed)) RETURNING 1), gone_events AS (DELETE FROM webhook_outbox WHERE seq = ANY(ARRAY(SELECT seq FROM doomed)) RETURNING 1) SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_attempts)"
 
 echo "$(stamp) plans written to $OUT"

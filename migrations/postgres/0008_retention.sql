@@ -10,3 +10,7 @@ CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery);
 -- rollbacks are never deleted, so without this it would walk `seq` past all of them.
 CREATE INDEX rollbacks_workable ON rollbacks (seq)
     WHERE status IN ('accepted', 'preparing', 'executing');
+
+-- The webhook claim reads pending events in claim order; delivered ones are the bulk of the
+-- table (until retention removes them) and are never claimed again.
+CREATE INDEX webhook_outbox_pending ON webhook_outbox (seq) WHERE state = 'pending';
