@@ -13,6 +13,8 @@
 #   SCRATCH_DB   name of the scratch database (default unwind_explain); dropped first if it
 #                exists, and dropped again at the end unless KEEP=1
 #   OUT          file the plans are written to (default explain-<ROWS>.txt)
+#   EXPLAIN_ONLY=1  skip the generation and explain against SCRATCH_DB as it is (generated
+#                before with the same ROWS and KEEP=1)
 #
 # The schema comes from migrations/postgres/*.sql, applied in order, so the plans are those of
 # the indexes the service creates. The scratch tables are UNLOGGED and their indexes are built
@@ -38,19 +40,12 @@ psql_admin() { psql "$PG_URL" -v ON_ERROR_STOP=1 -qAt "$@"; }
 psql_db() { psql "$DB_URL" -v ON_ERROR_STOP=1 -qAt "$@"; }
 stamp() { date -u +%H:%M:%S; }
 
-psql_admin -c "DROP DATABASE IF EXISTS ${SCRATCH_DB}"
-psql_admin -c "CREATE DATABASE ${SCRATCH_DB}"
 cleanup() {
   if [ "${KEEP:-0}" != 1 ]; then
     psql_admin -c "DROP DATABASE IF EXISTS ${SCRATCH_DB}" || true
   fi
 }
 trap cleanup EXIT
-
-echo "$(stamp) schema from migrations/postgres"
-for f in "$HERE"/migrations/postgres/*.sql; do
-  psql_db -f "$f"
-done
 
 # The shape of the generated ledger. Workflows run 50 at a time, interleaved (as concurrent
 # workflows are in a real ledger): each has NODES nodes spread over 50 * NODES rows.
@@ -59,6 +54,17 @@ CONCURRENT=50
 WORKFLOWS=$(( (ROWS + NODES - 1) / NODES ))
 ROLLBACKS=$(( ROWS / 1000 ))
 EVENTS=$(( ROWS / 500 ))
+
+if [ "${EXPLAIN_ONLY:-0}" = 1 ]; then
+  START=0 END=0
+else
+psql_admin -c "DROP DATABASE IF EXISTS ${SCRATCH_DB}"
+psql_admin -c "CREATE DATABASE ${SCRATCH_DB}"
+
+echo "$(stamp) schema from migrations/postgres"
+for f in "$HERE"/migrations/postgres/*.sql; do
+  psql_db -f "$f"
+done
 
 echo "$(stamp) generating $ROWS ledger rows in $WORKFLOWS workflows"
 START=$(date +%s)
@@ -215,6 +221,7 @@ VACUUM (ANALYZE);
 SQL
 END=$(date +%s)
 echo "$(stamp) generated in $((END - START)) s"
+fi
 
 # Parameters from the middle of the data.
 MID=$(( ROWS / 2 ))
@@ -235,16 +242,19 @@ SIZES=$(psql_db -c "SELECT string_agg(relname || ' ' || pg_size_pretty(pg_total_
   echo "# sizes: $SIZES"
 } >"$OUT"
 
+# explain NAME SQL [SETUP]: the plan of SQL, after SETUP (e.g. dropping an index to show the
+# plan without it). Both run in a transaction that is rolled back, so every plan sees the same
+# data and indexes.
 explain() {
-  local name=$1 sql=$2
+  local name=$1 sql=$2 setup=${3:-}
   echo "$(stamp) $name"
   {
     echo
     echo "## $name"
     echo "$sql"
-    # Writes run in a transaction that is rolled back, so every plan sees the same data.
     psql_db <<SQL
 BEGIN;
+$setup
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) $sql;
 ROLLBACK;
 SQL
@@ -255,6 +265,11 @@ ECT_COLUMNS="seq, jti, wid, iss, sub, exec_act, parents::text AS parents, iat, e
 ROLLBACK_COLUMNS="seq, rollback_id, wid, checkpoint_id, trigger_ect, scope, status, requested_by, reason, on_cannot_prepare, request_hash, plan::text, failed_agents::text, superseded_by, evidence_start, evidence_complete, result::text, created_at, updated_at, version"
 FINISHED="'completed', 'partial', 'failed', 'aborted', 'superseded'"
 JTIS="ARRAY(SELECT g_jti(i) FROM generate_series($MID, $MID + 99) i)"
+
+CLAIM_ROLLBACK="UPDATE rollbacks SET lease_owner = 'w2', lease_until = now() + interval '30 seconds', fence = fence + 1, version = version + 1, updated_at = now() WHERE rollback_id = (SELECT rollback_id FROM rollbacks WHERE status IN ('accepted', 'preparing', 'executing') AND (lease_until IS NULL OR lease_until <= now()) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING rollback_id, lease_owner, fence, lease_until"
+CLAIM_WEBHOOK="UPDATE webhook_outbox SET lease_owner = 'w2', lease_until = now() + interval '15 seconds' WHERE seq IN (SELECT seq FROM webhook_outbox WHERE state = 'pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now()) ORDER BY seq LIMIT 16 FOR UPDATE SKIP LOCKED) RETURNING seq, event_id, event_type, url, body, attempts"
+PRUNE_STEPS="DELETE FROM rollback_steps WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM rollback_steps s JOIN rollbacks r ON r.rollback_id = s.rollback_id WHERE s.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.status IN ($FINISHED) AND NOT EXISTS (SELECT 1 FROM rollbacks n WHERE n.rollback_id = r.superseded_by AND n.status NOT IN ($FINISHED)) ORDER BY s.updated_at LIMIT 1000 FOR UPDATE OF s SKIP LOCKED))"
+PRUNE_WEBHOOKS="WITH doomed AS (SELECT seq FROM webhook_outbox WHERE state = 'delivered' AND delivered_at < now() - 2592000000000::int8 * interval '1 microsecond' ORDER BY delivered_at LIMIT 1000 FOR UPDATE SKIP LOCKED), gone_attempts AS (DELETE FROM webhook_attempts WHERE delivery = ANY(ARRAY(SELECT seq FROM doomed)) RETURNING 1), gone_events AS (DELETE FROM webhook_outbox WHERE seq = ANY(ARRAY(SELECT seq FROM doomed)) RETURNING 1) SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_attempts)"
 
 explain "ECT by jti (get_ect)" \
   "SELECT $ECT_COLUMNS FROM ects WHERE jti = '$JTI'"
@@ -286,8 +301,7 @@ explain "List workflows, page in the middle (list_workflows)" \
   "SELECT w.seq, w.wid, w.nodes, w.checkpoints, w.first_seen, w.last_seen, (SELECT count(*) FROM workflow_agents a WHERE a.wid = w.wid) AS agents FROM workflows w WHERE w.seq > $(( WORKFLOWS / 2 )) ORDER BY w.seq LIMIT 101"
 explain "One workflow (get_workflow)" \
   "SELECT w.seq, w.wid, w.nodes, w.checkpoints, w.first_seen, w.last_seen, (SELECT count(*) FROM workflow_agents a WHERE a.wid = w.wid) AS agents FROM workflows w WHERE w.wid = '$WID'"
-explain "Rollback claim (claim_next_rollback)" \
-  "UPDATE rollbacks SET lease_owner = 'w2', lease_until = now() + interval '30 seconds', fence = fence + 1, version = version + 1, updated_at = now() WHERE rollback_id = (SELECT rollback_id FROM rollbacks WHERE status IN ('accepted', 'preparing', 'executing') AND (lease_until IS NULL OR lease_until <= now()) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING rollback_id, lease_owner, fence, lease_until"
+explain "Rollback claim (claim_next_rollback)" "$CLAIM_ROLLBACK"
 explain "A rollback's steps (get_rollback)" \
   "SELECT * FROM rollback_steps WHERE rollback_id = '$RB' ORDER BY rank, checkpoint_id"
 explain "A workflow's active rollbacks (create_rollback's decision context)" \
@@ -296,15 +310,22 @@ explain "List rollbacks of a workflow (list_rollbacks wid=, the export)" \
   "SELECT $ROLLBACK_COLUMNS FROM rollbacks WHERE TRUE AND wid = '$RB_WID' ORDER BY seq LIMIT 1001"
 explain "Rollbacks awaiting a decision (list_rollbacks status=, the metrics gauges)" \
   "SELECT $ROLLBACK_COLUMNS FROM rollbacks WHERE TRUE AND status = 'awaiting_decision' ORDER BY seq LIMIT 1001"
-explain "Webhook claim (claim_deliveries)" \
-  "UPDATE webhook_outbox SET lease_owner = 'w2', lease_until = now() + interval '15 seconds' WHERE seq IN (SELECT seq FROM webhook_outbox WHERE state = 'pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now()) ORDER BY seq LIMIT 16 FOR UPDATE SKIP LOCKED) RETURNING seq, event_id, event_type, url, body, attempts"
+explain "Webhook claim (claim_deliveries)" "$CLAIM_WEBHOOK"
 explain "Webhook attempts, page in the middle (list_attempts)" \
   "SELECT a.seq, o.event_id, o.event_type, o.url, a.attempt, a.attempted_at, a.duration_ms, a.http_status, a.error, o.body FROM webhook_attempts a JOIN webhook_outbox o ON o.seq = a.delivery WHERE a.seq > $EVENTS ORDER BY a.seq LIMIT 101"
 explain "Unrecorded cascade alerts (cascade recovery at start)" \
   "SELECT id FROM cascade_alerts WHERE NOT recorded ORDER BY seq LIMIT 1000"
-explain "Retention: steps of finished rollbacks, one batch (prune_rollback_steps)" \
-  "DELETE FROM rollback_steps WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM rollback_steps s JOIN rollbacks r ON r.rollback_id = s.rollback_id WHERE s.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.updated_at < now() - 2592000000000::int8 * interval '1 microsecond' AND r.status IN ($FINISHED) AND NOT EXISTS (SELECT 1 FROM rollbacks n WHERE n.rollback_id = r.superseded_by AND n.status NOT IN ($FINISHED)) ORDER BY s.updated_at LIMIT 1000 FOR UPDATE OF s SKIP LOCKED))"
-explain "Retention: delivered webhook events and attempts, one batch (prune_webhook_deliveries)" \
-  "WITH doomed AS (SELECT seq FROM webhook_outbox WHERE state = 'delivered' AND delivered_at < now() - 2592000000000::int8 * interval '1 microsecond' ORDER BY delivered_at LIMIT 1000 FOR UPDATE SKIP LOCKED), gone_attempts AS (DELETE FROM webhook_attempts WHERE delivery = ANY(ARRAY(SELECT seq FROM doomed)) RETURNING 1), gone_events AS (DELETE FROM webhook_outbox WHERE seq = ANY(ARRAY(SELECT seq FROM doomed)) RETURNING 1) SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_attempts)"
+explain "Retention: steps of finished rollbacks, one batch (prune_rollback_steps)" "$PRUNE_STEPS"
+explain "Retention: delivered webhook events and attempts, one batch (prune_webhook_deliveries)" "$PRUNE_WEBHOOKS"
+
+# The same statements without the indexes of migration 0008, for comparison.
+explain "Before 0008: rollback claim without rollbacks_workable" "$CLAIM_ROLLBACK" \
+  "DROP INDEX rollbacks_workable;"
+explain "Before 0008: webhook claim without webhook_outbox_pending" "$CLAIM_WEBHOOK" \
+  "DROP INDEX webhook_outbox_pending;"
+explain "Before 0008: retention of steps without rollback_steps_updated_at" "$PRUNE_STEPS" \
+  "DROP INDEX rollback_steps_updated_at;"
+explain "Before 0008: retention of webhook events without webhook_attempts_delivery" \
+  "$PRUNE_WEBHOOKS" "DROP INDEX webhook_attempts_delivery;"
 
 echo "$(stamp) plans written to $OUT"

@@ -541,7 +541,10 @@ impl Config {
             ));
         }
         if self.retention.interval_s == 0 {
-            return Err(key_error("retention.interval_s", "must be at least 1 second"));
+            return Err(key_error(
+                "retention.interval_s",
+                "must be at least 1 second",
+            ));
         }
         if !(1..=10_000).contains(&self.retention.batch) {
             return Err(key_error("retention.batch", "must be between 1 and 10000"));
@@ -746,7 +749,11 @@ allow_http = true
             ),
             ("[retention]\nbatch = 0", &[], "retention.batch"),
             ("[retention]\ninterval_s = 0", &[], "retention.interval_s"),
-            ("[retention]\nrollback_steps_days = -1", &[], "retention.rollback_steps_days"),
+            (
+                "[retention]\nrollback_steps_days = -1",
+                &[],
+                "retention.rollback_steps_days",
+            ),
         ];
         for (toml, env, key) in cases {
             let message = error_of(toml, env);

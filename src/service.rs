@@ -21,9 +21,9 @@ use crate::config::{Config, Role};
 use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
 use crate::hitl::{Decisions, Deliverer, DeliverySettings, Escalations, Hitl};
 use crate::ledger::Ledger;
+use crate::retention::{Pruner, RetentionSettings};
 use crate::rollback::driver::{Coordinator, DriverSettings};
 use crate::rollback::evidence::EvidenceSigner;
-use crate::retention::{Pruner, RetentionSettings};
 use crate::store::{self, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

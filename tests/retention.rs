@@ -163,10 +163,7 @@ async fn old_rows_of_finished_work_are_pruned_and_the_ledger_is_untouched() {
         let before_count = s.count().await;
         let before_head = s.store.chain_head().await.unwrap();
         let before_attempts = attempts(&s).await;
-        let done_steps = rollback(&s, &done).await["steps"]
-            .as_array()
-            .unwrap()
-            .len() as u64;
+        let done_steps = rollback(&s, &done).await["steps"].as_array().unwrap().len() as u64;
         assert!(done_steps >= 2, "{}", s.name);
         let old_delivered: Vec<&Value> = before_attempts
             .iter()
@@ -204,7 +201,11 @@ async fn old_rows_of_finished_work_are_pruned_and_the_ledger_is_untouched() {
         // Running and young rollbacks keep theirs.
         for id in [&waiting, &young] {
             let r = rollback(&s, id).await;
-            assert!(!r["steps"].as_array().unwrap().is_empty(), "{}: {r}", s.name);
+            assert!(
+                !r["steps"].as_array().unwrap().is_empty(),
+                "{}: {r}",
+                s.name
+            );
         }
         // Old delivered attempts are gone; the young one and every pending one stay.
         let after_attempts = attempts(&s).await;
@@ -223,7 +224,12 @@ async fn old_rows_of_finished_work_are_pruned_and_the_ledger_is_untouched() {
 
         // The ledger is as it was.
         assert_eq!(s.count().await, before_count, "{}", s.name);
-        assert_eq!(s.store.chain_head().await.unwrap(), before_head, "{}", s.name);
+        assert_eq!(
+            s.store.chain_head().await.unwrap(),
+            before_head,
+            "{}",
+            s.name
+        );
         let (code, report) = verify_export(&s, &wid_done).await;
         assert_eq!(code, Some(0), "{}: {report}", s.name);
 
@@ -258,7 +264,11 @@ async fn zero_days_keeps_everything() {
             .unwrap();
         assert_eq!(pruned, Pruned::default(), "{}", s.name);
         let r = rollback(&s, &id).await;
-        assert!(!r["steps"].as_array().unwrap().is_empty(), "{}: {r}", s.name);
+        assert!(
+            !r["steps"].as_array().unwrap().is_empty(),
+            "{}: {r}",
+            s.name
+        );
     }
 }
 
@@ -290,7 +300,10 @@ async fn a_serving_process_prunes_every_interval() {
             .unwrap();
         for table in ["rollback_steps", "webhook_outbox", "webhook_attempts"] {
             let series = format!("unwind_retention_pruned_total{{table=\"{table}\"}} 0");
-            assert!(metrics.contains(&series), "{kind:?}: no {series} in\n{metrics}");
+            assert!(
+                metrics.contains(&series),
+                "{kind:?}: no {series} in\n{metrics}"
+            );
         }
     }
 }

@@ -36,8 +36,11 @@ pub trait RetentionStore: Send + Sync {
     /// Deletes up to `limit` steps of finished rollbacks whose rollback and step were last
     /// written more than `older_than` ago; returns how many. A superseded rollback's steps are
     /// kept while the rollback that superseded it still runs (it reuses what they undid).
-    async fn prune_rollback_steps(&self, older_than: Duration, limit: u32)
-    -> Result<u64, StoreError>;
+    async fn prune_rollback_steps(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// Deletes up to `limit` webhook events delivered more than `older_than` ago, with their
     /// attempts. Pending events are never deleted, however old.
