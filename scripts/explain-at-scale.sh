@@ -238,7 +238,11 @@ SIZES=$(psql_db -c "SELECT string_agg(relname || ' ' || pg_size_pretty(pg_total_
 
 {
   echo "# EXPLAIN (ANALYZE, BUFFERS) at $ROWS ledger rows"
-  echo "# generated in $((END - START)) s; $WORKFLOWS workflows, $ROLLBACKS rollbacks, $EVENTS webhook events"
+  if [ "${EXPLAIN_ONLY:-0}" = 1 ]; then
+    echo "# generated earlier; $WORKFLOWS workflows, $ROLLBACKS rollbacks, $EVENTS webhook events"
+  else
+    echo "# generated in $((END - START)) s; $WORKFLOWS workflows, $ROLLBACKS rollbacks, $EVENTS webhook events"
+  fi
   echo "# sizes: $SIZES"
 } >"$OUT"
 
