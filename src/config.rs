@@ -546,6 +546,21 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        // A century is "forever" enough, and keeps the age within what the databases add.
+        for (key, days) in [
+            (
+                "retention.rollback_steps_days",
+                self.retention.rollback_steps_days,
+            ),
+            (
+                "retention.webhook_deliveries_days",
+                self.retention.webhook_deliveries_days,
+            ),
+        ] {
+            if days > 36_500 {
+                return Err(key_error(key, "must be at most 36500 (0 keeps forever)"));
+            }
+        }
         if !(1..=10_000).contains(&self.retention.batch) {
             return Err(key_error("retention.batch", "must be between 1 and 10000"));
         }
@@ -749,6 +764,11 @@ allow_http = true
             ),
             ("[retention]\nbatch = 0", &[], "retention.batch"),
             ("[retention]\ninterval_s = 0", &[], "retention.interval_s"),
+            (
+                "[retention]\nwebhook_deliveries_days = 40000",
+                &[],
+                "retention.webhook_deliveries_days",
+            ),
             (
                 "[retention]\nrollback_steps_days = -1",
                 &[],

@@ -268,12 +268,12 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "retention.rollback_steps_days",
         default: None,
-        meaning: "days the steps of a finished rollback are kept after its last change (the rollback itself and its evidence stay); `0` keeps them forever",
+        meaning: "days the steps of a finished rollback are kept after its last change (the rollback itself and its evidence stay); `0` keeps them forever; at most 36500",
     },
     KeyDoc {
         key: "retention.webhook_deliveries_days",
         default: None,
-        meaning: "days a delivered webhook event and its recorded attempts are kept after delivery (pending ones always stay); `0` keeps them forever",
+        meaning: "days a delivered webhook event and its recorded attempts are kept after delivery (pending ones always stay); `0` keeps them forever; at most 36500",
     },
     KeyDoc {
         key: "retention.interval_s",
