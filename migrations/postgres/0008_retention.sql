@@ -7,7 +7,9 @@ CREATE INDEX webhook_outbox_delivered ON webhook_outbox (delivered_at) WHERE sta
 CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery);
 
 -- The rollback claim reads the few rollbacks that need a worker, in claim order. Finished
--- rollbacks are never deleted, so without this it would walk `seq` past all of them.
+-- rollbacks are never deleted, so without this it would walk `seq` past all of them. The list
+-- is the claim's (`WORKABLE_SQL` in src/store/common.rs; a planner uses the index only while
+-- they match).
 CREATE INDEX rollbacks_workable ON rollbacks (seq)
     WHERE status IN ('accepted', 'preparing', 'executing');
 
