@@ -37,6 +37,7 @@ use crate::rollback::model::{
 };
 
 mod hitl;
+mod retention;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -36,6 +36,7 @@ use crate::rollback::model::{
 };
 
 mod hitl;
+mod retention;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
