@@ -45,6 +45,7 @@ pub struct Config {
     pub circuit: CircuitConfig,
     pub hitl: HitlConfig,
     pub cascade: CascadeConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             circuit: CircuitConfig::default(),
             hitl: HitlConfig::default(),
             cascade: CascadeConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -281,6 +283,32 @@ impl Default for CascadeConfig {
             min_reporters: 2,
             queue: 10_000,
             auto_rollback: Vec::new(),
+        }
+    }
+}
+
+/// `[retention]`: pruning of operational rows of finished work (docs/operations.md,
+/// "Retention"). The ledger is never pruned. A number of days of `0` keeps those rows forever.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days a finished rollback's steps are kept after its last change.
+    pub rollback_steps_days: u32,
+    /// Days a delivered webhook event and its attempts are kept after delivery.
+    pub webhook_deliveries_days: u32,
+    /// Seconds between two prune runs of this process.
+    pub interval_s: u64,
+    /// Rows deleted per statement (each statement's locks are held only that long).
+    pub batch: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            rollback_steps_days: 30,
+            webhook_deliveries_days: 30,
+            interval_s: 3600,
+            batch: 1000,
         }
     }
 }
@@ -512,6 +540,30 @@ impl Config {
                 "must not be shorter than hitl.retry_initial_ms",
             ));
         }
+        if self.retention.interval_s == 0 {
+            return Err(key_error(
+                "retention.interval_s",
+                "must be at least 1 second",
+            ));
+        }
+        // A century is "forever" enough, and keeps the age within what the databases add.
+        for (key, days) in [
+            (
+                "retention.rollback_steps_days",
+                self.retention.rollback_steps_days,
+            ),
+            (
+                "retention.webhook_deliveries_days",
+                self.retention.webhook_deliveries_days,
+            ),
+        ] {
+            if days > 36_500 {
+                return Err(key_error(key, "must be at most 36500 (0 keeps forever)"));
+            }
+        }
+        if !(1..=10_000).contains(&self.retention.batch) {
+            return Err(key_error("retention.batch", "must be between 1 and 10000"));
+        }
         for (i, hook) in self.hitl.webhooks.iter().enumerate() {
             if hook.secret.is_none() && hook.secret_env.is_none() {
                 return Err(key_error(
@@ -709,6 +761,18 @@ allow_http = true
                 "[circuit]\nerror_threshold = 2.0",
                 &[],
                 "circuit.error_threshold",
+            ),
+            ("[retention]\nbatch = 0", &[], "retention.batch"),
+            ("[retention]\ninterval_s = 0", &[], "retention.interval_s"),
+            (
+                "[retention]\nwebhook_deliveries_days = 40000",
+                &[],
+                "retention.webhook_deliveries_days",
+            ),
+            (
+                "[retention]\nrollback_steps_days = -1",
+                &[],
+                "retention.rollback_steps_days",
             ),
         ];
         for (toml, env, key) in cases {

@@ -21,6 +21,7 @@ use crate::config::{Config, Role};
 use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
 use crate::hitl::{Decisions, Deliverer, DeliverySettings, Escalations, Hitl};
 use crate::ledger::Ledger;
+use crate::retention::{Pruner, RetentionSettings};
 use crate::rollback::driver::{Coordinator, DriverSettings};
 use crate::rollback::evidence::EvidenceSigner;
 use crate::store::{self, Store, StoreError};
@@ -55,6 +56,8 @@ pub struct Prepared {
     pub notices: Vec<String>,
     /// The cascade detection task, started by `prepare`.
     pub detector: tokio::task::JoinHandle<()>,
+    /// The retention pruner; `run` starts it beside the server.
+    pub pruner: Arc<Pruner>,
 }
 
 /// Opens the store (creating the data directory for the embedded default) and migrates it.
@@ -104,6 +107,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let (detection_queue, detection_rx) = DetectionQueue::new(config.cascade.queue);
     let ledger = Arc::new(
         Ledger::new(store.clone(), verifier, config.ect.clock_skew_s)
+            .with_own_issuer(config.coordinator_id.clone())
             .with_observer(Arc::new(detection_queue)),
     );
     let signing_key = Arc::new(signing_key);
@@ -189,6 +193,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         config.rollback.requests_burst,
     ));
 
+    let pruner = Pruner::new(
+        store.clone(),
+        RetentionSettings::from_config(&config.retention),
+    );
+
     let mut auth = Authenticator::new(&config.auth.tokens);
     auth.add_token("admin", Role::Admin, &admin_token);
 
@@ -209,6 +218,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         deliverer,
         notices,
         detector,
+        pruner,
     })
 }
 
@@ -243,6 +253,12 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }))
     };
+    let pruning = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(prepared.pruner.run(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    };
     let mut rx = stop_rx;
     tokio::spawn(async move {
         shutdown.await;
@@ -255,6 +271,7 @@ pub async fn run(
     .map_err(ServiceError::Serve)?;
     let _ = worker.await;
     let _ = delivery.await;
+    let _ = pruning.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -265,6 +265,26 @@ pub const KEYS: &[KeyDoc] = &[
         default: None,
         meaning: "ingested error nodes and breaker reports waiting for detection; beyond it new ones are dropped and counted (`unwind_cascade_queue_dropped_total`) rather than slowing ingest",
     },
+    KeyDoc {
+        key: "retention.rollback_steps_days",
+        default: None,
+        meaning: "days the steps of a finished rollback are kept after its last change (the rollback itself and its evidence stay); `0` keeps them forever; at most 36500",
+    },
+    KeyDoc {
+        key: "retention.webhook_deliveries_days",
+        default: None,
+        meaning: "days a delivered webhook event and its recorded attempts are kept after delivery (pending ones always stay); `0` keeps them forever; at most 36500",
+    },
+    KeyDoc {
+        key: "retention.interval_s",
+        default: None,
+        meaning: "seconds between two prune runs of each replica (the first runs at start)",
+    },
+    KeyDoc {
+        key: "retention.batch",
+        default: None,
+        meaning: "rows one delete statement removes at most, 1 to 10000, so pruning never holds locks for long",
+    },
 ];
 
 /// The leaf keys of the configuration type with their default values, in dotted form.
