@@ -22,11 +22,13 @@ use crate::rollback::model::{
 };
 pub use circuits::{CircuitRow, CircuitStore};
 pub use hitl::HitlStore;
+pub use keys::{KeyStore, NewKey, StoredKey};
 
 pub mod cascade;
 pub mod circuits;
 mod common;
 pub mod hitl;
+pub mod keys;
 pub mod postgres;
 pub mod sqlite;
 mod tcp_nodelay;
@@ -184,7 +186,9 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: cascade::CascadeStore + CircuitStore + HitlStore + Send + Sync + 'static {
+pub trait Store:
+    cascade::CascadeStore + CircuitStore + HitlStore + KeyStore + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.
