@@ -378,12 +378,14 @@ pub async fn coordinator_key(
     }
     let legacy_path = config.signing_key_path();
     let legacy = match tokio::fs::read_to_string(&legacy_path).await {
-        Ok(text) => Some(SigningKey::from_private_jwk_json(&text).map_err(|e| {
-            ServiceError::File {
-                path: legacy_path.clone(),
-                message: e.to_string(),
-            }
-        })?),
+        Ok(text) => {
+            Some(
+                SigningKey::from_private_jwk_json(&text).map_err(|e| ServiceError::File {
+                    path: legacy_path.clone(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             return Err(ServiceError::File {
@@ -451,7 +453,9 @@ pub fn coordinator_jwks(signing: &SigningKey, stored: &[StoredKey]) -> JwkSet {
         }
         match SigningKey::from_private_jwk_json(&row.private_jwk) {
             Ok(key) => keys.push(key.public_jwk()),
-            Err(e) => tracing::warn!(kid = %row.kid, error = %e, "stored coordinator key unreadable"),
+            Err(e) => {
+                tracing::warn!(kid = %row.kid, error = %e, "stored coordinator key unreadable")
+            }
         }
     }
     JwkSet { keys }

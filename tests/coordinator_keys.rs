@@ -167,7 +167,13 @@ fn write_key(dir: &Path) -> SigningKey {
 
 /// A token `iss` = the coordinator, signed by `key`: accepted only if the server trusts `key`.
 fn coordinator_token(s: &TestServer, key: &SigningKey) -> String {
-    let mut c = claims("x", &uuid::Uuid::new_v4().to_string(), &common::agents::wid(), "task", &[]);
+    let mut c = claims(
+        "x",
+        &uuid::Uuid::new_v4().to_string(),
+        &common::agents::wid(),
+        "task",
+        &[],
+    );
     c.insert("iss".into(), s.coordinator_id.clone().into());
     key.sign_ect(&c, Profile::Draft00).unwrap()
 }
@@ -193,7 +199,11 @@ async fn a_key_file_of_an_earlier_version_keeps_verifying() {
         let mut both = vec![key_one.kid().to_string(), key_two.kid().to_string()];
         both.sort();
         assert_eq!(kids(&jwks(&second).await), both, "{name}");
-        assert_eq!(kids(&jwks(&first).await), both, "{name}: read from the store");
+        assert_eq!(
+            kids(&jwks(&first).await),
+            both,
+            "{name}: read from the store"
+        );
         let response = second
             .post_token(&coordinator_token(&second, &key_two))
             .await;

@@ -19,7 +19,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,8 +36,14 @@ const REPLICAS: usize = 3;
 /// Workflows with rollbacks; each gets [`REQUESTS_PER_WORKFLOW`] overlapping requests.
 const WORKFLOWS: usize = 50;
 const REQUESTS_PER_WORKFLOW: usize = 4;
-/// A random replica is SIGKILLed (and started again) this often while the load runs.
-const KILL_EVERY: Duration = Duration::from_secs(3);
+/// A random replica is SIGKILLed (and started again) this often while the load runs, and at
+/// least this many times per run.
+const KILL_EVERY: Duration = Duration::from_secs(2);
+const MIN_KILLS: usize = 12;
+/// Workflows start this far apart, so the load (and the kills) last about 40 s.
+const WORKFLOW_STAGGER: Duration = Duration::from_millis(800);
+/// Pause between two ingest rounds of one loop.
+const INGEST_PAUSE: Duration = Duration::from_millis(400);
 /// Requests of one workflow are spread over this much time, so they overlap.
 const REQUEST_SPREAD_MS: u64 = 600;
 /// Concurrent ingest loops, and the rounds each runs (one five-token workflow per round).
@@ -214,7 +220,6 @@ struct Request {
     rollback_id: String,
     wid: String,
     scope: &'static str,
-    checkpoint: String,
     /// The checkpoints its steps cover (the figure: B below A).
     covers: Vec<String>,
     /// `None`: accepted; `Some(id)`: refused with `rollback_conflict` naming `id`.
@@ -228,7 +233,9 @@ async fn rollbacks_of_one_workflow(
     a: Arc<TestAgent>,
     b: Arc<TestAgent>,
     acked: Arc<Acked>,
+    start_after: Duration,
 ) -> Vec<Request> {
+    tokio::time::sleep(start_after).await;
     let wid = uuid::Uuid::new_v4().to_string();
     let figure = sign_figure(&*a, &*b, &wid).await;
     let tokens: Vec<(String, String)> = figure.tokens.iter().cloned().map(pair).collect();
@@ -290,7 +297,6 @@ async fn rollbacks_of_one_workflow(
                     rollback_id,
                     wid,
                     scope,
-                    checkpoint,
                     covers,
                     refused_for,
                 };
@@ -323,6 +329,7 @@ async fn ingest_load(
         }
         let batch = rng.below(2) == 0;
         cluster.ingest(&mut rng, &tokens, batch, &acked).await;
+        tokio::time::sleep(INGEST_PAUSE).await;
     }
 }
 
@@ -339,10 +346,7 @@ async fn cascade_load(
         if error {
             c.insert("ext".into(), json!({"cascade.error": true}));
         }
-        (
-            jti.to_string(),
-            key.sign_ect(&c, Profile::Draft00).unwrap(),
-        )
+        (jti.to_string(), key.sign_ect(&c, Profile::Draft00).unwrap())
     };
     let id = |p: &str| format!("{p}-{}", uuid::Uuid::new_v4());
     let mut wids = Vec::new();
@@ -397,6 +401,7 @@ async fn killer(
     processes: Arc<tokio::sync::Mutex<Vec<ServeProcess>>>,
     mut rng: Rng,
     stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
 ) -> usize {
     let mut kills = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -409,6 +414,7 @@ async fn killer(
         cluster.bases.lock().unwrap()[i] = None;
         processes[i].sigkill();
         kills += 1;
+        count.store(kills, Ordering::SeqCst);
         let restarted = setup.start(&name(i)).await;
         cluster.bases.lock().unwrap()[i] = Some(restarted.base().to_string());
         processes[i] = restarted;
@@ -444,9 +450,14 @@ async fn all_items(cluster: &Cluster, rng: &mut Rng, path: &str) -> Vec<Value> {
 
 const TERMINAL: &[&str] = &["completed", "partial", "failed", "aborted", "superseded"];
 
-/// Waits until every rollback is terminal, deciding `abort` for those awaiting a decision (an
-/// operator's answer); returns them by id.
-async fn settle_rollbacks(cluster: &Cluster, rng: &mut Rng, expected: usize) -> HashMap<String, Value> {
+/// Waits until every rollback is terminal and `also()` holds, deciding `abort` for those awaiting
+/// a decision (an operator's answer); returns them by id.
+async fn settle_rollbacks(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    expected: usize,
+    also: impl Fn() -> bool,
+) -> HashMap<String, Value> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     loop {
         let items = all_items(cluster, rng, "/v1/rollbacks").await;
@@ -472,7 +483,7 @@ async fn settle_rollbacks(cluster: &Cluster, rng: &mut Rng, expected: usize) -> 
                 open.push(format!("{} {status}", item["rollback_id"]));
             }
         }
-        if open.is_empty() && items.len() >= expected {
+        if open.is_empty() && items.len() >= expected && also() {
             return items
                 .into_iter()
                 .map(|r| (r["rollback_id"].as_str().unwrap().to_string(), r))
@@ -524,8 +535,8 @@ async fn replicas_sigkilled_under_load_lose_nothing() {
 [rollback]
 lease_s = 3
 poll_ms = 200
-agent_timeout_ms = 1000
-step_deadline_s = 5
+agent_timeout_ms = 3000
+step_deadline_s = 8
 requests_per_s = 1000
 requests_burst = 1000
 max_active = 64
@@ -581,8 +592,8 @@ secret = "{SECRET}"
     let behaviours = [
         ("fast-1", ""),
         ("fast-2", ""),
-        ("slow-1", "slow:300"),
-        ("slow-2", "slow:150"),
+        ("slow-1", "slow:1200"),
+        ("slow-2", "slow:600"),
         ("flaky", "fail:6"),
         ("broken", "fail:1000000"),
     ];
@@ -597,12 +608,14 @@ secret = "{SECRET}"
     let acked: Arc<Acked> = Arc::default();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let kill_count = Arc::new(AtomicUsize::new(0));
     let kills = tokio::spawn(killer(
         setup.clone(),
         cluster.clone(),
         processes.clone(),
         rng.fork(),
         stop.clone(),
+        kill_count.clone(),
     ));
 
     let healthy = ["fast-1", "fast-2", "slow-1", "slow-2", "flaky"];
@@ -620,6 +633,7 @@ secret = "{SECRET}"
             a,
             b,
             acked.clone(),
+            WORKFLOW_STAGGER * i as u32,
         )));
     }
     let mut ingest_tasks = Vec::new();
@@ -657,26 +671,19 @@ secret = "{SECRET}"
     );
 
     // Keep killing while the rollbacks run, then let the replicas finish.
-    let accepted: Vec<&Request> = requests.iter().filter(|r| r.refused_for.is_none()).collect();
-    let drive_deadline = Instant::now() + SETTLE_LIMIT;
-    loop {
-        let done = all_items(&cluster, &mut rng, "/v1/rollbacks")
-            .await
-            .iter()
-            .filter(|r| TERMINAL.contains(&r["status"].as_str().unwrap()))
-            .count();
-        if done + BROKEN_WORKFLOWS * REQUESTS_PER_WORKFLOW >= accepted.len()
-            || Instant::now() > drive_deadline
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let accepted: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.refused_for.is_none())
+        .collect();
+    settle_rollbacks(&cluster, &mut rng, accepted.len(), || {
+        kill_count.load(Ordering::SeqCst) >= MIN_KILLS
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     let kills = kills.await.unwrap();
     eprintln!("replicas: {kills} SIGKILLs after {:?}", started.elapsed());
 
-    let rollbacks = settle_rollbacks(&cluster, &mut rng, accepted.len()).await;
+    let rollbacks = settle_rollbacks(&cluster, &mut rng, accepted.len(), || true).await;
     let mut full = HashMap::new();
     for id in rollbacks.keys() {
         let body = cluster.get(&mut rng, &format!("/v1/rollbacks/{id}")).await;
@@ -687,12 +694,41 @@ secret = "{SECRET}"
         started.elapsed()
     );
 
+    for body in full.values() {
+        if matches!(
+            body["status"].as_str(),
+            Some("partial" | "failed" | "aborted")
+        ) {
+            let steps: Vec<String> = body["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|st| {
+                    format!(
+                        "{} {}/{} {}",
+                        st["agent"], st["prepare_status"], st["execute_status"], st["error"]
+                    )
+                })
+                .collect();
+            eprintln!(
+                "replicas: {} {} {}: {steps:?}",
+                body["status"], body["scope"], body["rollback_id"]
+            );
+        }
+    }
+
     // -- Every accepted request is a stored rollback, and nothing else is.
     let accepted_ids: HashSet<&str> = accepted.iter().map(|r| r.rollback_id.as_str()).collect();
     let stored_ids: HashSet<&str> = full.keys().map(String::as_str).collect();
-    assert_eq!(accepted_ids, stored_ids, "accepted requests = stored rollbacks");
+    assert_eq!(
+        accepted_ids, stored_ids,
+        "accepted requests = stored rollbacks"
+    );
     for r in requests.iter().filter(|r| r.refused_for.is_some()) {
-        assert!(!stored_ids.contains(r.rollback_id.as_str()), "refused {r:?} is stored");
+        assert!(
+            !stored_ids.contains(r.rollback_id.as_str()),
+            "refused {r:?} is stored"
+        );
     }
     let by_id: HashMap<&str, &Request> = requests
         .iter()
@@ -716,8 +752,14 @@ secret = "{SECRET}"
             .unwrap_or_else(|| panic!("{r:?} refused for an unknown rollback"));
         assert_eq!(w.wid, r.wid, "{r:?} refused for another workflow's {w:?}");
         assert!(w.refused_for.is_none(), "{r:?} refused for refused {w:?}");
-        assert!(shares(r, w), "{r:?} refused for {w:?}, which shares no checkpoint");
-        assert!(rank(w.scope) >= rank(r.scope), "{r:?} refused for narrower {w:?}");
+        assert!(
+            shares(r, w),
+            "{r:?} refused for {w:?}, which shares no checkpoint"
+        );
+        assert!(
+            rank(w.scope) >= rank(r.scope),
+            "{r:?} refused for narrower {w:?}"
+        );
     }
     let mut superseded = 0;
     let mut statuses: HashMap<String, usize> = HashMap::new();
@@ -776,16 +818,26 @@ secret = "{SECRET}"
     .await;
     let mut complete_of: HashMap<String, Vec<&Value>> = HashMap::new();
     for ect in &completes {
-        let id = ect["ext"]["cascade.rollback_id"].as_str().unwrap().to_string();
+        let id = ect["ext"]["cascade.rollback_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         complete_of.entry(id).or_default().push(ect);
     }
     for (id, body) in &full {
         let mine = complete_of.get(id).map(Vec::as_slice).unwrap_or_default();
         assert_eq!(mine.len(), 1, "rollback_complete of {id}: {mine:?}");
         assert_eq!(mine[0]["ext"]["cascade.status"], body["status"], "{body}");
-        assert_eq!(body["evidence"]["rollback_complete"], mine[0]["jti"], "{body}");
+        assert_eq!(
+            body["evidence"]["rollback_complete"], mine[0]["jti"],
+            "{body}"
+        );
     }
-    assert_eq!(complete_of.len(), full.len(), "rollback_complete of unknown rollbacks");
+    assert_eq!(
+        complete_of.len(),
+        full.len(),
+        "rollback_complete of unknown rollbacks"
+    );
 
     // -- Every acknowledged ECT is stored exactly once, in one gapless chain that verifies.
     let store = unwind::store::connect(&db_url).await.unwrap();
@@ -817,7 +869,11 @@ secret = "{SECRET}"
         assert!(seen.insert(key), "alert raised twice: {alert}");
     }
     let detected = all_items(&cluster, &mut rng, "/v1/ects?exec_act=cascade_detected").await;
-    assert_eq!(detected.len(), alerts.len(), "cascade_detected ECTs vs alerts");
+    assert_eq!(
+        detected.len(),
+        alerts.len(),
+        "cascade_detected ECTs vs alerts"
+    );
     let alerted: HashSet<&str> = alerts.iter().filter_map(|a| a["wid"].as_str()).collect();
     let missed: Vec<&String> = cascade_wids
         .iter()
@@ -836,6 +892,22 @@ secret = "{SECRET}"
             .find(|c| c["downstream_agent"] == broken.as_str())
             .unwrap_or_else(|| panic!("{}: no breaker for {broken}: {body}", p.base()));
         assert_eq!(circuit["state"], "open", "{}: {circuit}", p.base());
+    }
+
+    // Rollbacks claimed more than once: taken over after a kill (or handed on at a step).
+    let (reclaimed,): (i64,) = sqlx::query_as("SELECT count(*) FROM rollbacks WHERE fence > 1")
+        .fetch_one(&mut db(&db_url).await)
+        .await
+        .unwrap();
+
+    // -- No replica panicked (their logs are kept across restarts).
+    for p in processes.iter() {
+        assert!(
+            !p.logs().contains("panicked at"),
+            "{}:\n{}",
+            p.base(),
+            p.logs()
+        );
     }
 
     // -- Every webhook event the store recorded was delivered at least once.
@@ -859,16 +931,24 @@ secret = "{SECRET}"
             body["id"].as_str().unwrap().to_string()
         })
         .collect();
-    let undelivered: Vec<&(String, String)> =
-        events.iter().filter(|(id, _)| !received.contains(id)).collect();
-    assert!(undelivered.is_empty(), "webhook events never delivered: {undelivered:?}");
-    assert!(!events.is_empty(), "no webhook events: the test proves nothing");
+    let undelivered: Vec<&(String, String)> = events
+        .iter()
+        .filter(|(id, _)| !received.contains(id))
+        .collect();
+    assert!(
+        undelivered.is_empty(),
+        "webhook events never delivered: {undelivered:?}"
+    );
+    assert!(
+        !events.is_empty(),
+        "no webhook events: the test proves nothing"
+    );
 
     eprintln!(
         "replicas: seed {seed}, {kills} SIGKILLs, {} rollback requests ({} accepted, {refused} \
          refused for a conflict, {superseded} superseded; {statuses:?}), {} executions, {} ECTs \
          acknowledged ({} in the chain), {} webhook events, {} cascade alerts ({} of {} \
-         workflows without one), {} requests sent again, {} 5xx answers; {:?}",
+         workflows without one), {} requests sent again, {} 5xx answers, {reclaimed} rollbacks claimed more than once; {:?}",
         requests.len(),
         accepted.len(),
         executed.len(),
@@ -882,6 +962,9 @@ secret = "{SECRET}"
         cluster.server_errors.load(Ordering::Relaxed),
         started.elapsed()
     );
-    assert!(kills >= 3, "too few kills ({kills}) to prove anything");
+    assert!(
+        kills >= MIN_KILLS,
+        "too few kills ({kills}) to prove anything"
+    );
     assert!(refused + superseded > 0, "no conflict was exercised");
 }

@@ -102,7 +102,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Read at each request: every replica lists the same keys, whatever it started with.
     let stored = state.store.unretired_keys().await?;
-    Ok(axum::Json(crate::service::coordinator_jwks(&state.signing_key, &stored)).into_response())
+    Ok(axum::Json(crate::service::coordinator_jwks(
+        &state.signing_key,
+        &stored,
+    ))
+    .into_response())
 }
 
 /// Gauges of what is waiting now, read from the store when `/metrics` is scraped: rollbacks

@@ -235,7 +235,11 @@ pub async fn walk_chain(store: &dyn Store) -> Vec<String> {
                 entry.seq
             );
             let token = token.expect("every entry has its token");
-            let hash = unwind::ledger::chain::next(&head.chain_hash, &unwind::ledger::chain::token_hash(&token)).unwrap();
+            let hash = unwind::ledger::chain::next(
+                &head.chain_hash,
+                &unwind::ledger::chain::token_hash(&token),
+            )
+            .unwrap();
             assert_eq!(entry.chain_hash, hash, "entry {} recomputes", entry.seq);
             head = unwind::ledger::chain::ChainHead {
                 seq: entry.seq,
