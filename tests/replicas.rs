@@ -588,13 +588,14 @@ secret = "{SECRET}"
         server_errors: AtomicU64::new(0),
     });
 
-    // Agents: two fast, two slow, one failing its first calls, one failing every call.
+    // Agents: two fast, two slow, one failing its first two calls (retried, too few to open its
+    // breaker), one failing every call (its breaker opens).
     let behaviours = [
         ("fast-1", ""),
         ("fast-2", ""),
         ("slow-1", "slow:1200"),
         ("slow-2", "slow:600"),
-        ("flaky", "fail:6"),
+        ("flaky", "fail:2"),
         ("broken", "fail:1000000"),
     ];
     let mut agents: HashMap<&str, Arc<TestAgent>> = HashMap::new();
