@@ -136,16 +136,14 @@ impl Cluster {
                     }
                     Ok(r) => {
                         let status = r.status().as_u16();
-                        match r.text().await {
-                            Ok(text) => {
-                                let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-                                return (status, body);
-                            }
-                            // The replica died while answering: the request may have been
-                            // applied; sending it again must be safe.
-                            Err(_) => {}
+                        // An error here: the replica died while answering. The request may have
+                        // been applied; sending it again must be safe.
+                        if let Ok(text) = r.text().await {
+                            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+                            return (status, body);
                         }
                     }
+                    // Refused or reset: the replica is down or died mid-request.
                     Err(_) => {}
                 }
                 self.retries.fetch_add(1, Ordering::Relaxed);
