@@ -29,8 +29,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `iss` of the ECTs Unwind signs, and the audience agents address it with.
     pub coordinator_id: String,
-    /// Private JWK Unwind signs with; generated on first start when absent.
-    /// Default: `<data_dir>/coordinator.jwk`.
+    /// Private JWK Unwind signs with; generated on first start when absent. Default: none, a
+    /// key generated once and kept in the store, shared by every replica
+    /// (`<data_dir>/coordinator.jwk` of an earlier version is imported into it).
     pub signing_key_file: Option<PathBuf>,
     /// Where the generated admin token is written on first start.
     /// Default: `<data_dir>/admin.token`.
@@ -583,7 +584,7 @@ impl Config {
         }
     }
 
-    /// The signing key file in force.
+    /// The signing key file in force, or (none configured) where an earlier version kept it.
     pub fn signing_key_path(&self) -> PathBuf {
         self.signing_key_file
             .clone()

@@ -110,8 +110,14 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     get, path = "/.well-known/jwks.json", tag = "operations",
     responses((status = 200, description = "JWK set", content_type = "application/json"))
 )]
-async fn jwks(State(state): State<AppState>) -> Response {
-    axum::Json(state.signing_key.public_jwks()).into_response()
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Read at each request: every replica lists the same keys, whatever it started with.
+    let stored = state.store.unretired_keys().await?;
+    Ok(axum::Json(crate::service::coordinator_jwks(
+        &state.signing_key,
+        &stored,
+    ))
+    .into_response())
 }
 
 /// Gauges of what is waiting now, read from the store when `/metrics` is scraped: rollbacks

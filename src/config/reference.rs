@@ -47,8 +47,8 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "signing_key_file",
-        default: Some("`<data_dir>/coordinator.jwk`"),
-        meaning: "private JWK Unwind signs with; generated (ES256) when absent",
+        default: Some("none: a key in the store"),
+        meaning: "private JWK Unwind signs with; generated (ES256) when absent. Unset: one key generated once and kept in the store for every replica (an earlier version's `<data_dir>/coordinator.jwk` is imported)",
     },
     KeyDoc {
         key: "admin_token_file",

@@ -22,12 +22,14 @@ use crate::rollback::model::{
 };
 pub use circuits::{CircuitRow, CircuitStore};
 pub use hitl::HitlStore;
+pub use keys::{KeyStore, NewKey, StoredKey};
 pub use retention::RetentionStore;
 
 pub mod cascade;
 pub mod circuits;
 mod common;
 pub mod hitl;
+pub mod keys;
 pub mod postgres;
 pub mod retention;
 pub mod sqlite;
@@ -187,7 +189,7 @@ pub enum StoreError {
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
 pub trait Store:
-    cascade::CascadeStore + CircuitStore + HitlStore + RetentionStore + Send + Sync + 'static
+    cascade::CascadeStore + CircuitStore + HitlStore + KeyStore + RetentionStore + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
 

@@ -11,6 +11,7 @@
 
 mod cascade;
 mod circuits;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

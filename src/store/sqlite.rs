@@ -7,6 +7,7 @@
 
 mod cascade;
 mod circuits;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;

@@ -222,6 +222,45 @@ impl Drop for PgDatabaseGuard {
     }
 }
 
+/// Walks the whole hash chain and recomputes every entry (positions without gaps, each linked to
+/// the previous and recomputing from its token); returns the jtis in chain order.
+pub async fn walk_chain(store: &dyn Store) -> Vec<String> {
+    let mut head = unwind::ledger::chain::ChainHead::genesis();
+    let mut jtis = Vec::new();
+    loop {
+        let page = store.chain_range(head.seq, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for (entry, token) in page {
+            assert_eq!(entry.seq, head.seq + 1, "positions have no gaps");
+            assert_eq!(
+                entry.prev_hash, head.chain_hash,
+                "entry {} links",
+                entry.seq
+            );
+            let token = token.expect("every entry has its token");
+            let hash = unwind::ledger::chain::next(
+                &head.chain_hash,
+                &unwind::ledger::chain::token_hash(&token),
+            )
+            .unwrap();
+            assert_eq!(entry.chain_hash, hash, "entry {} recomputes", entry.seq);
+            head = unwind::ledger::chain::ChainHead {
+                seq: entry.seq,
+                chain_hash: entry.chain_hash,
+            };
+            jtis.push(entry.jti);
+        }
+    }
+    assert_eq!(
+        store.chain_head().await.unwrap(),
+        head,
+        "the head is the last entry"
+    );
+    jtis
+}
+
 /// Builders for ledger rows, so tests need no signing.
 pub mod ects {
     use serde_json::{Map, Value, json};

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use unwind::ect::{KeyAlg, SigningKey};
 use unwind_agent::RollbackHandler;
+use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
 
 use super::agents::{
     AgentTrust, Figure, TestAgent, poll_rollback, serve_agent, served_jwks, sign_figure,
@@ -460,5 +461,27 @@ sha256 = "{sha}"
             coordinator_jwks: served_jwks(&coordinator.client, &coordinator.base).await,
         };
         serve_agent(name, trust, handler, controls, |agent, _| agent.router()).await
+    }
+
+    /// The reference agent `agent/<name>` with programmable `behaviour` (`slow:200`, `fail:3`,
+    /// ...; see `unwind_agent::reference`), counting its calls and restores, trusting the keys
+    /// `coordinator` serves.
+    pub async fn start_reference_agent(
+        &self,
+        coordinator: &ServeProcess,
+        name: &str,
+        behaviour: &str,
+    ) -> TestAgent {
+        let controls = Controls::new(behaviour.parse::<Behaviour>().unwrap());
+        let handler = Arc::new(ReferenceHandler::new(controls.clone()));
+        let trust = AgentTrust {
+            key: &self.agent_key,
+            coordinator_id: COORDINATOR_ID,
+            coordinator_jwks: served_jwks(&coordinator.client, &coordinator.base).await,
+        };
+        serve_agent(name, trust, handler, controls, |agent, controls| {
+            reference::router(agent, controls.clone(), false)
+        })
+        .await
     }
 }
