@@ -23,6 +23,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://path` or `postgres://user@host/db`; default: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Apply the database migrations when `serve` starts. `false`: `serve` only checks that
+    /// `unwind migrate` has brought the schema to this version (and refuses to start if not),
+    /// so its database role needs no right to change the schema.
+    pub migrate_on_start: bool,
     /// Directory for the embedded database, the generated key and the admin token.
     pub data_dir: PathBuf,
     /// Base URL under which operators reach this service (used in links it sends).
@@ -54,6 +58,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
+            migrate_on_start: true,
             data_dir: PathBuf::from("unwind-data"),
             public_url: None,
             coordinator_id: "spiffe://unwind.local/coordinator".into(),

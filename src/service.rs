@@ -44,6 +44,11 @@ pub enum ServiceError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "the database is not migrated to this version ({0}): run `unwind migrate` with a role \
+         that may change the schema, or set migrate_on_start = true"
+    )]
+    NotMigrated(String),
 }
 
 /// Everything `serve` prepared, before it listens.
@@ -61,21 +66,29 @@ pub struct Prepared {
     pub pruner: Arc<Pruner>,
 }
 
-/// Opens the store (creating the data directory for the embedded default) and migrates it.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServiceError> {
+/// Opens the store (creating the data directory for the embedded default) and migrates it,
+/// or with `migrate` false checks that it is migrated to this version.
+pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>, ServiceError> {
     let url = config.database_url();
     if url.starts_with("sqlite:") {
         ensure_dir(&config.data_dir).await?;
     }
     let store = store::connect(&url).await?;
-    store.migrate().await?;
+    if migrate {
+        store.migrate().await?;
+    } else {
+        match store.ready().await {
+            Err(StoreError::NotMigrated(detail)) => return Err(ServiceError::NotMigrated(detail)),
+            other => other?,
+        }
+    }
     Ok(store)
 }
 
 /// Builds the application state from a validated configuration.
 pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let mut notices = Vec::new();
-    let store = open_store(&config).await?;
+    let store = open_store(&config, config.migrate_on_start).await?;
 
     let (signing_key, key_notice) = coordinator_key(&config, store.as_ref()).await?;
     notices.push(key_notice);

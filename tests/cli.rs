@@ -292,3 +292,41 @@ fn keys_generate_then_sign_verify_decode() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn with_migrate_on_start_off_serve_needs_unwind_migrate_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = unwind()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("UNWIND_MIGRATE_ON_START", "false")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "refused to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not migrated") && err.contains("unwind migrate"),
+        "the message says what to do: {err}"
+    );
+
+    let out = unwind()
+        .arg("migrate")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Migrated: it starts and is ready without migrating.
+    let config = dir.path().join("unwind.toml");
+    std::fs::write(&config, "migrate_on_start = false\n").unwrap();
+    let mut s = ServeProcess::start_with_config(dir.path(), &config);
+    assert!(
+        http_get(s.port(), "/readyz", None).starts_with("HTTP/1.1 200"),
+        "ready"
+    );
+    s.sigkill();
+}

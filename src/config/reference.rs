@@ -31,6 +31,11 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "`sqlite://path` or `postgres://user:password@host/db`",
     },
     KeyDoc {
+        key: "migrate_on_start",
+        default: None,
+        meaning: "apply migrations when `serve` starts; `false`: refuse to start unless `unwind migrate` has brought the schema to this version (the role then needs no schema rights)",
+    },
+    KeyDoc {
         key: "data_dir",
         default: None,
         meaning: "embedded database, generated key and admin token",

@@ -103,6 +103,11 @@ impl ServeProcess {
         Self::launch(dir, None, dir.join("unwind-data"), None)
     }
 
+    /// Like [`Self::start`], with `--config <config>`.
+    pub fn start_with_config(dir: &Path, config: &Path) -> ServeProcess {
+        Self::launch(dir, Some(config), dir.join("unwind-data"), None)
+    }
+
     /// Starts `unwind serve [--config <config>] --listen 127.0.0.1:<free port>` in `dir` and
     /// waits for its "listening on" line. Its stderr goes to `log` (appended, so a restart keeps
     /// the earlier lines) at debug level, or nowhere.
