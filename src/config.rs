@@ -23,14 +23,19 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://path` or `postgres://user@host/db`; default: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Apply the database migrations when `serve` starts. `false`: `serve` only checks that
+    /// `unwind migrate` has brought the schema to this version (and refuses to start if not),
+    /// so its database role needs no right to change the schema.
+    pub migrate_on_start: bool,
     /// Directory for the embedded database, the generated key and the admin token.
     pub data_dir: PathBuf,
     /// Base URL under which operators reach this service (used in links it sends).
     pub public_url: Option<String>,
     /// `iss` of the ECTs Unwind signs, and the audience agents address it with.
     pub coordinator_id: String,
-    /// Private JWK Unwind signs with; generated on first start when absent.
-    /// Default: `<data_dir>/coordinator.jwk`.
+    /// Private JWK Unwind signs with; generated on first start when absent. Default: none, a
+    /// key generated once and kept in the store, shared by every replica
+    /// (`<data_dir>/coordinator.jwk` of an earlier version is imported into it).
     pub signing_key_file: Option<PathBuf>,
     /// Where the generated admin token is written on first start.
     /// Default: `<data_dir>/admin.token`.
@@ -45,6 +50,7 @@ pub struct Config {
     pub circuit: CircuitConfig,
     pub hitl: HitlConfig,
     pub cascade: CascadeConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -52,6 +58,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
+            migrate_on_start: true,
             data_dir: PathBuf::from("unwind-data"),
             public_url: None,
             coordinator_id: "spiffe://unwind.local/coordinator".into(),
@@ -67,6 +74,7 @@ impl Default for Config {
             circuit: CircuitConfig::default(),
             hitl: HitlConfig::default(),
             cascade: CascadeConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -281,6 +289,32 @@ impl Default for CascadeConfig {
             min_reporters: 2,
             queue: 10_000,
             auto_rollback: Vec::new(),
+        }
+    }
+}
+
+/// `[retention]`: pruning of operational rows of finished work (docs/operations.md,
+/// "Retention"). The ledger is never pruned. A number of days of `0` keeps those rows forever.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days a finished rollback's steps are kept after its last change.
+    pub rollback_steps_days: u32,
+    /// Days a delivered webhook event and its attempts are kept after delivery.
+    pub webhook_deliveries_days: u32,
+    /// Seconds between two prune runs of this process.
+    pub interval_s: u64,
+    /// Rows deleted per statement (each statement's locks are held only that long).
+    pub batch: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            rollback_steps_days: 30,
+            webhook_deliveries_days: 30,
+            interval_s: 3600,
+            batch: 1000,
         }
     }
 }
@@ -512,6 +546,30 @@ impl Config {
                 "must not be shorter than hitl.retry_initial_ms",
             ));
         }
+        if self.retention.interval_s == 0 {
+            return Err(key_error(
+                "retention.interval_s",
+                "must be at least 1 second",
+            ));
+        }
+        // A century is "forever" enough, and keeps the age within what the databases add.
+        for (key, days) in [
+            (
+                "retention.rollback_steps_days",
+                self.retention.rollback_steps_days,
+            ),
+            (
+                "retention.webhook_deliveries_days",
+                self.retention.webhook_deliveries_days,
+            ),
+        ] {
+            if days > 36_500 {
+                return Err(key_error(key, "must be at most 36500 (0 keeps forever)"));
+            }
+        }
+        if !(1..=10_000).contains(&self.retention.batch) {
+            return Err(key_error("retention.batch", "must be between 1 and 10000"));
+        }
         for (i, hook) in self.hitl.webhooks.iter().enumerate() {
             if hook.secret.is_none() && hook.secret_env.is_none() {
                 return Err(key_error(
@@ -531,7 +589,7 @@ impl Config {
         }
     }
 
-    /// The signing key file in force.
+    /// The signing key file in force, or (none configured) where an earlier version kept it.
     pub fn signing_key_path(&self) -> PathBuf {
         self.signing_key_file
             .clone()
@@ -709,6 +767,18 @@ allow_http = true
                 "[circuit]\nerror_threshold = 2.0",
                 &[],
                 "circuit.error_threshold",
+            ),
+            ("[retention]\nbatch = 0", &[], "retention.batch"),
+            ("[retention]\ninterval_s = 0", &[], "retention.interval_s"),
+            (
+                "[retention]\nwebhook_deliveries_days = 40000",
+                &[],
+                "retention.webhook_deliveries_days",
+            ),
+            (
+                "[retention]\nrollback_steps_days = -1",
+                &[],
+                "retention.rollback_steps_days",
             ),
         ];
         for (toml, env, key) in cases {

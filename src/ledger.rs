@@ -5,7 +5,7 @@
 //! append transaction is safe. The only race left is two writers storing one `jti` with other
 //! content; the store detects it inside its transaction and the batch is checked again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,6 +66,8 @@ pub struct Ledger {
     verifier: Arc<Verifier>,
     clock_skew_s: i64,
     observer: Option<Arc<dyn IngestObserver>>,
+    /// Unwind's own issuer id: its evidence may still be recorded in a terminated workflow.
+    own_issuer: Option<String>,
 }
 
 impl Ledger {
@@ -75,7 +77,14 @@ impl Ledger {
             verifier,
             clock_skew_s,
             observer: None,
+            own_issuer: None,
         }
+    }
+
+    /// Lets tokens of `issuer` (the coordinator) into workflows a rollback has terminated.
+    pub fn with_own_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.own_issuer = Some(issuer.into());
+        self
     }
 
     /// Tells `observer` of every appended token.
@@ -191,6 +200,22 @@ impl Ledger {
             .map(|m| (m.jti.clone(), m))
             .collect();
 
+        // Workflows that a completed full_workflow rollback ended take no more agent tokens.
+        let mut wids: Vec<String> = candidates
+            .iter()
+            .filter_map(|&i| ect(i))
+            .filter(|e| Some(e.iss.as_str()) != self.own_issuer.as_deref())
+            .filter_map(|e| e.wid.clone())
+            .collect();
+        wids.sort_unstable();
+        wids.dedup();
+        let terminated: HashSet<String> = self
+            .store
+            .terminated_workflows(&wids)
+            .await?
+            .into_iter()
+            .collect();
+
         // Parents accepted earlier in this batch.
         let mut accepted: HashMap<&str, (Option<&str>, i64)> = HashMap::new();
         let mut to_append: Vec<(usize, NewEct)> = Vec::new();
@@ -198,7 +223,7 @@ impl Ledger {
         for &k in &order.order {
             let i = candidates[k];
             let Some(e) = ect(i) else { continue };
-            match self.check_rules(e, &stored, &accepted) {
+            match self.check_rules(e, &stored, &accepted, &terminated) {
                 Ok(Some(IngestStatus::Duplicate)) => {
                     results[i].outcome = Ok(IngestStatus::Duplicate);
                     duplicates.push(i);
@@ -281,6 +306,7 @@ impl Ledger {
         e: &VerifiedEct,
         stored: &HashMap<String, EctMeta>,
         accepted: &HashMap<&str, (Option<&str>, i64)>,
+        terminated: &HashSet<String>,
     ) -> Result<Option<IngestStatus>, Rejection> {
         if let Some(existing) = stored.get(&e.jti) {
             if existing.content_hash == e.content_hash {
@@ -289,6 +315,15 @@ impl Ledger {
             return Err(Rejection::new(
                 RejectCode::JtiConflict,
                 format!("jti {} is already recorded with other content", e.jti),
+            ));
+        }
+        // Unwind's own evidence (the rollback's end, a breaker closing) is still recorded.
+        if let Some(wid) = e.wid.as_ref().filter(|w| terminated.contains(*w))
+            && Some(e.iss.as_str()) != self.own_issuer.as_deref()
+        {
+            return Err(Rejection::new(
+                RejectCode::WorkflowTerminated,
+                format!("workflow {wid} was ended by a completed full_workflow rollback"),
             ));
         }
         let mut parents = Vec::with_capacity(e.parents.len());

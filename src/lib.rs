@@ -14,6 +14,7 @@ pub mod config;
 pub mod dag;
 pub mod hitl;
 pub mod ledger;
+pub mod retention;
 pub mod rollback;
 pub mod service;
 pub mod store;

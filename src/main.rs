@@ -44,7 +44,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migrate(args) => {
             let config = load_config(&args)?;
             init_logging(&config);
-            unwind::service::open_store(&config)
+            unwind::service::open_store(&config, true)
                 .await
                 .map_err(|e| CliError::Failed(e.to_string()))?;
             println!(

@@ -21,9 +21,11 @@ use crate::config::{Config, Role};
 use crate::ect::{KeyAlg, SigningKey, TrustStore, Verifier, VerifyPolicy};
 use crate::hitl::{Decisions, Deliverer, DeliverySettings, Escalations, Hitl};
 use crate::ledger::Ledger;
+use crate::retention::{Pruner, RetentionSettings};
 use crate::rollback::driver::{Coordinator, DriverSettings};
 use crate::rollback::evidence::EvidenceSigner;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, NewKey, Store, StoreError, StoredKey};
+use jsonwebtoken::jwk::JwkSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -42,6 +44,11 @@ pub enum ServiceError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "the database is not migrated to this version ({0}): run `unwind migrate` with a role \
+         that may change the schema, or set migrate_on_start = true"
+    )]
+    NotMigrated(String),
 }
 
 /// Everything `serve` prepared, before it listens.
@@ -55,32 +62,37 @@ pub struct Prepared {
     pub notices: Vec<String>,
     /// The cascade detection task, started by `prepare`.
     pub detector: tokio::task::JoinHandle<()>,
+    /// The retention pruner; `run` starts it beside the server.
+    pub pruner: Arc<Pruner>,
 }
 
-/// Opens the store (creating the data directory for the embedded default) and migrates it.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServiceError> {
+/// Opens the store (creating the data directory for the embedded default) and migrates it,
+/// or with `migrate` false checks that it is migrated to this version.
+pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>, ServiceError> {
     let url = config.database_url();
     if url.starts_with("sqlite:") {
         ensure_dir(&config.data_dir).await?;
     }
     let store = store::connect(&url).await?;
-    store.migrate().await?;
+    if migrate {
+        store.migrate().await?;
+    } else {
+        match store.ready().await {
+            Err(StoreError::NotMigrated(detail)) => return Err(ServiceError::NotMigrated(detail)),
+            other => other?,
+        }
+    }
     Ok(store)
 }
 
 /// Builds the application state from a validated configuration.
 pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let mut notices = Vec::new();
-    let store = open_store(&config).await?;
+    let store = open_store(&config, config.migrate_on_start).await?;
 
-    let key_path = config.signing_key_path();
-    let (signing_key, created) = load_or_create_key(&key_path).await?;
-    notices.push(format!(
-        "coordinator signing key: {} (kid {}{})",
-        key_path.display(),
-        signing_key.kid(),
-        if created { ", created" } else { "" }
-    ));
+    let (signing_key, key_notice) = coordinator_key(&config, store.as_ref()).await?;
+    notices.push(key_notice);
+    let coordinator_jwks = coordinator_jwks(&signing_key, &store.unretired_keys().await?);
 
     let token_path = config.admin_token_path();
     let (admin_token, created) = load_or_create_admin_token(&token_path).await?;
@@ -92,7 +104,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
 
     let mut trust =
         TrustStore::from_config(&config.trust).map_err(|e| ServiceError::Trust(e.to_string()))?;
-    trust.add_static_issuer(&config.coordinator_id, signing_key.public_jwks());
+    trust.add_static_issuer(&config.coordinator_id, coordinator_jwks);
     let policy = VerifyPolicy::from_config(&config.ect).map_err(|message| {
         ServiceError::Config(crate::config::ConfigError::Key {
             key: "ect.algorithms".into(),
@@ -104,6 +116,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let (detection_queue, detection_rx) = DetectionQueue::new(config.cascade.queue);
     let ledger = Arc::new(
         Ledger::new(store.clone(), verifier, config.ect.clock_skew_s)
+            .with_own_issuer(config.coordinator_id.clone())
             .with_observer(Arc::new(detection_queue)),
     );
     let signing_key = Arc::new(signing_key);
@@ -189,6 +202,11 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         config.rollback.requests_burst,
     ));
 
+    let pruner = Pruner::new(
+        store.clone(),
+        RetentionSettings::from_config(&config.retention),
+    );
+
     let mut auth = Authenticator::new(&config.auth.tokens);
     auth.add_token("admin", Role::Admin, &admin_token);
 
@@ -209,6 +227,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
         deliverer,
         notices,
         detector,
+        pruner,
     })
 }
 
@@ -243,6 +262,12 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }))
     };
+    let pruning = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(prepared.pruner.run(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    };
     let mut rx = stop_rx;
     tokio::spawn(async move {
         shutdown.await;
@@ -255,6 +280,7 @@ pub async fn run(
     .map_err(ServiceError::Serve)?;
     let _ = worker.await;
     let _ = delivery.await;
+    let _ = pruning.await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -357,6 +383,112 @@ pub async fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result
     let mut file = options.open(path).await?;
     file.write_all(contents).await?;
     file.sync_all().await
+}
+
+/// The key Unwind signs with, and the line telling the operator where it comes from.
+///
+/// `signing_key_file` when configured (generated there when absent). Otherwise the store's
+/// active key, so every replica of one database signs with the same key: made once by whichever
+/// replica starts first. A `coordinator.jwk` left in the data directory by an earlier version is
+/// imported (as the active key when the store has none, else as a trusted one), so evidence it
+/// signed still verifies.
+pub async fn coordinator_key(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<(SigningKey, String), ServiceError> {
+    if let Some(path) = &config.signing_key_file {
+        let (key, created) = load_or_create_key(path).await?;
+        let notice = format!(
+            "coordinator signing key: {} (kid {}{})",
+            path.display(),
+            key.kid(),
+            if created { ", created" } else { "" }
+        );
+        return Ok((key, notice));
+    }
+    let legacy_path = config.signing_key_path();
+    let legacy = match tokio::fs::read_to_string(&legacy_path).await {
+        Ok(text) => {
+            Some(
+                SigningKey::from_private_jwk_json(&text).map_err(|e| ServiceError::File {
+                    path: legacy_path.clone(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(ServiceError::File {
+                path: legacy_path,
+                message: format!("cannot read: {e}"),
+            });
+        }
+    };
+    // (created here, imported from the legacy file)
+    let (active, made) = match store.active_key().await? {
+        Some(active) => (active, (false, false)),
+        None => {
+            let offered = match &legacy {
+                Some(key) => key.clone(),
+                None => SigningKey::generate(KeyAlg::ES256)
+                    .map_err(|e| ServiceError::Trust(format!("cannot generate a key: {e}")))?,
+            };
+            // Of replicas starting together, one key wins and all use it.
+            let active = store.ensure_active_key(&new_key(&offered)).await?;
+            let won = active.kid == offered.kid();
+            (active, (won && legacy.is_none(), won && legacy.is_some()))
+        }
+    };
+    if let Some(legacy) = &legacy
+        && legacy.kid() != active.kid
+    {
+        store.add_key(&new_key(legacy)).await?;
+    }
+    let key = SigningKey::from_private_jwk_json(&active.private_jwk).map_err(|e| {
+        ServiceError::Store(StoreError::Corrupt(format!(
+            "coordinator key {}: {e}",
+            active.kid
+        )))
+    })?;
+    let (created, imported) = made;
+    let notice = format!(
+        "coordinator signing key: kept in the store (kid {}{})",
+        key.kid(),
+        if created {
+            ", created".to_string()
+        } else if imported {
+            format!(", imported from {}", legacy_path.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok((key, notice))
+}
+
+fn new_key(key: &SigningKey) -> NewKey {
+    NewKey {
+        kid: key.kid().to_string(),
+        alg: format!("{:?}", key.alg()),
+        private_jwk: key.to_private_jwk_json(),
+    }
+}
+
+/// The public keys tokens signed by Unwind verify under: the signing key and every stored key
+/// not retired (each once).
+pub fn coordinator_jwks(signing: &SigningKey, stored: &[StoredKey]) -> JwkSet {
+    let mut keys = vec![signing.public_jwk()];
+    for row in stored {
+        if row.kid == signing.kid() {
+            continue;
+        }
+        match SigningKey::from_private_jwk_json(&row.private_jwk) {
+            Ok(key) => keys.push(key.public_jwk()),
+            Err(e) => {
+                tracing::warn!(kid = %row.kid, error = %e, "stored coordinator key unreadable")
+            }
+        }
+    }
+    JwkSet { keys }
 }
 
 /// Loads the private JWK at `path`, or generates an ES256 key there. `true` when created.

@@ -23,17 +23,22 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
     let mut server = ServeProcess::start(dir.path());
     let printed = &server.printed;
     let data = dir.path().join("unwind-data");
-    for file in ["unwind.db", "coordinator.jwk", "admin.token"] {
+    for file in ["unwind.db", "admin.token"] {
         assert!(
             data.join(file).is_file(),
             "{file} missing; printed:\n{printed}"
         );
     }
-    assert!(printed.contains("unwind-data/coordinator.jwk"), "{printed}");
+    // The signing key is generated into the store, shared by every replica of it.
+    assert!(!data.join("coordinator.jwk").exists(), "{printed}");
+    assert!(
+        printed.contains("coordinator signing key: kept in the store"),
+        "{printed}"
+    );
+    assert!(printed.contains(", created)"), "{printed}");
     assert!(printed.contains("unwind-data/admin.token"), "{printed}");
     #[cfg(unix)]
     {
-        assert_eq!(mode(&data.join("coordinator.jwk")), 0o600);
         assert_eq!(mode(&data.join("admin.token")), 0o600);
     }
     let token = server.admin_token();
@@ -41,19 +46,31 @@ fn first_start_on_the_embedded_default_creates_key_and_token() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     let ready = http_get(server.port(), "/readyz", None);
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let kid_before = jwks_kids(server.port());
     server.sigterm();
     assert!(server.wait_exit(Duration::from_secs(20)).success());
 
-    // A second start reuses both files.
-    let key_before = std::fs::read_to_string(data.join("coordinator.jwk")).unwrap();
+    // A second start reuses the stored key and the token file.
     let mut server = ServeProcess::start(dir.path());
     assert!(!server.printed.contains("created"), "{}", server.printed);
-    assert_eq!(
-        std::fs::read_to_string(data.join("coordinator.jwk")).unwrap(),
-        key_before
-    );
+    assert_eq!(jwks_kids(server.port()), kid_before);
     server.sigterm();
     assert!(server.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// The key ids `/.well-known/jwks.json` lists.
+fn jwks_kids(port: u16) -> Vec<String> {
+    let answer = http_get(port, "/.well-known/jwks.json", None);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let jwks: Value = serde_json::from_str(body).unwrap();
+    let kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kids.len(), 1, "{jwks}");
+    kids
 }
 
 /// A plain HTTP/1.1 GET over a socket; returns the whole answer.
@@ -274,4 +291,42 @@ fn keys_generate_then_sign_verify_decode() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn with_migrate_on_start_off_serve_needs_unwind_migrate_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = unwind()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("UNWIND_MIGRATE_ON_START", "false")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "refused to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not migrated") && err.contains("unwind migrate"),
+        "the message says what to do: {err}"
+    );
+
+    let out = unwind()
+        .arg("migrate")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Migrated: it starts and is ready without migrating.
+    let config = dir.path().join("unwind.toml");
+    std::fs::write(&config, "migrate_on_start = false\n").unwrap();
+    let mut s = ServeProcess::start_with_config(dir.path(), &config);
+    assert!(
+        http_get(s.port(), "/readyz", None).starts_with("HTTP/1.1 200"),
+        "ready"
+    );
+    s.sigkill();
 }

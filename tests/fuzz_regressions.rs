@@ -51,3 +51,38 @@ async fn rollback_request_with_nul_is_422_on_every_store() {
         assert_eq!(problem["code"], "invalid_request", "{}: {problem}", s.name);
     }
 }
+
+/// A U+0000 in a URL's path or query (`%00`) never reached the store checks: PostgreSQL
+/// refuses such text, so lookups by id answered 500. Every such URL is 422 now.
+#[tokio::test]
+async fn urls_with_nul_are_422_on_every_store() {
+    use common::server::OPERATOR_TOKEN;
+    for s in servers().await {
+        for path in [
+            "/v1/ects/a%00b",
+            "/v1/ects?wid=a%00b",
+            "/v1/rollbacks/urn%3Auuid%3A%00",
+            "/v1/rollbacks?wid=%00",
+            "/v1/ledger/proof/%00",
+            "/v1/ects/%00/blast-radius",
+            "/v1/workflows/w%00/dag",
+            "/v1/workflows/w%00/export",
+            "/v1/ects?cursor=%00",
+        ] {
+            let r = s
+                .client
+                .get(s.url(path))
+                .bearer_auth(OPERATOR_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 422, "{}: {path}", s.name);
+            let problem: Value = r.json().await.unwrap();
+            assert_eq!(
+                problem["code"], "invalid_request",
+                "{}: {path}: {problem}",
+                s.name
+            );
+        }
+    }
+}

@@ -251,3 +251,52 @@ async fn cannot_prepare_on_the_critical_path_waits_for_a_decision() {
         assert_eq!(complete["ext"]["cascade.status"], "failed");
     }
 }
+
+#[tokio::test]
+async fn a_completed_full_workflow_rollback_ends_the_workflow() {
+    for s in servers().await {
+        let log: Log = std::sync::Arc::default();
+        let a = start_agent(&s, "a", "prepared", 0, &log).await;
+        let b = start_agent(&s, "b", "prepared", 0, &log).await;
+        let wid = uuid::Uuid::new_v4().to_string();
+        let figure = sign_figure(&a, &b, &wid).await;
+        s.ingest_ok(&figure.tokens).await;
+        // Before the rollback, the workflow takes new tokens.
+        let (late_before, token) = a.action(&wid, "audit", std::slice::from_ref(&figure.b2));
+        assert_eq!(s.post_token(&token).await.status(), 201, "{}", s.name);
+
+        let id = accepted(
+            &s,
+            json!({"checkpoint_id": figure.cp_a, "scope": "full_workflow"}),
+        )
+        .await;
+        let done = wait_for(&s, &id, &["completed", "partial", "failed"]).await;
+        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
+
+        // After it, an agent's new token into that workflow is refused, alone or in a batch...
+        let (_, late) = a.action(&wid, "audit", std::slice::from_ref(&late_before));
+        let r = s.post_token(&late).await;
+        assert_problem(r, 409, "workflow_terminated", s.name).await;
+        let r = s
+            .client
+            .post(s.url("/v1/ects"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&json!({"tokens": [late.clone()]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", s.name);
+        let batch: Value = r.json().await.unwrap();
+        assert_eq!(batch["results"][0]["status"], "rejected");
+        assert_eq!(batch["results"][0]["error"]["code"], "workflow_terminated");
+        // ... while a retry of a token it already holds is still a duplicate, and other
+        // workflows are not affected.
+        assert_eq!(s.post_token(&figure.tokens[0]).await.status(), 200);
+        let (_, other) = a.action("another-workflow", "plan", &[]);
+        assert_eq!(s.post_token(&other).await.status(), 201, "{}", s.name);
+        // Unwind's own evidence of the rollback was recorded in the ended workflow.
+        let complete = done["evidence"]["rollback_complete"].as_str().unwrap();
+        let (status, _) = s.get_json(&format!("/v1/ects/{complete}")).await;
+        assert_eq!(status, 200);
+    }
+}

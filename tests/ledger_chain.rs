@@ -97,12 +97,39 @@ async fn receipts_head_and_proof() {
             "no receipt for a refusal"
         );
 
-        let signed = receipt_claims(&s, results[0]["receipt"]["sig"].as_str().unwrap()).await;
-        assert_eq!(signed["jti"], "rc-child");
-        assert_eq!(signed["seq"], 2);
-        assert_eq!(signed["chain_hash"], results[0]["receipt"]["chain_hash"]);
+        // A single token's receipt is signed alone.
+        let signed = receipt_claims(&s, single["receipt"]["sig"].as_str().unwrap()).await;
+        assert_eq!(signed["jti"], "rc-root");
+        assert_eq!(signed["seq"], 1);
+        assert_eq!(signed["chain_hash"], single["receipt"]["chain_hash"]);
         assert_eq!(signed["iss"], s.coordinator_id.as_str());
         assert!(signed["iat"].as_i64().unwrap() > 1_700_000_000);
+
+        // A batch has one signature over every entry it answers with, in input order.
+        assert!(
+            results[0]["receipt"].get("sig").is_none(),
+            "batch items are signed by the batch receipt"
+        );
+        let signed = receipt_claims(&s, batch["batch_receipt"].as_str().unwrap()).await;
+        assert_eq!(signed["iss"], s.coordinator_id.as_str());
+        assert!(signed["iat"].as_i64().unwrap() > 1_700_000_000);
+        let entries = signed["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "created and duplicate, not the refusal");
+        for (entry, item) in entries.iter().zip(&results[..2]) {
+            assert_eq!(entry["jti"], item["jti"]);
+            assert_eq!(entry["seq"], item["receipt"]["seq"]);
+            assert_eq!(entry["chain_hash"], item["receipt"]["chain_hash"]);
+        }
+        let refused = post_batch(
+            &s,
+            &[s.sign(&claims("a", "rc-x", "wf-rc", "act", &["nope"]))],
+        )
+        .await;
+        assert_eq!(refused["results"][0]["status"], "rejected");
+        assert!(
+            refused.get("batch_receipt").is_none(),
+            "nothing to sign when every token is refused"
+        );
 
         let head: Value = get(&s, "/v1/ledger/head").await.json().await.unwrap();
         assert_eq!(head["seq"], 2, "{}", s.name);
@@ -133,6 +160,39 @@ async fn receipts_head_and_proof() {
         assert_eq!(problem["code"], "not_found");
         let r = s.client.get(s.url("/v1/ledger/head")).send().await.unwrap();
         assert_eq!(r.status(), 401, "a reader token is needed");
+
+        // The chain in order, a page at a time, with the tokens.
+        let page: Value = get(&s, "/v1/ledger/entries?limit=1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["items"][0]["seq"], 1, "{}", s.name);
+        assert_eq!(page["items"][0]["token"], root.as_str());
+        assert_eq!(page["next_after"], 1);
+        let page: Value = get(&s, "/v1/ledger/entries?after=1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{}: {page}", s.name);
+        assert_eq!(items[0]["jti"], "rc-child");
+        assert_eq!(items[0]["prev_hash"], single["receipt"]["chain_hash"]);
+        assert!(page["next_after"].is_null(), "the last page says so");
+        for bad in ["limit=0", "after=-1", "limit=1001"] {
+            let r = get(&s, &format!("/v1/ledger/entries?{bad}")).await;
+            assert_eq!(r.status(), 422, "{bad}");
+            let problem: Value = r.json().await.unwrap();
+            assert_eq!(problem["code"], "invalid_request", "{bad}");
+        }
+        let r = s
+            .client
+            .get(s.url("/v1/ledger/entries"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
     }
 }
 
@@ -149,6 +209,24 @@ async fn export(s: &TestServer, wid: &str, name: &str) -> std::path::PathBuf {
 async fn verify_lines(path: &std::path::Path) -> (Option<i32>, Vec<String>) {
     let mut c = unwind();
     c.arg("verify").arg(path);
+    chain_lines(c).await
+}
+
+/// `unwind verify --live` against the running server.
+async fn verify_live_lines(s: &TestServer) -> (Option<i32>, Vec<String>) {
+    let mut c = unwind();
+    c.args([
+        "verify",
+        "--live",
+        "--url",
+        &s.base,
+        "--token",
+        OPERATOR_TOKEN,
+    ]);
+    chain_lines(c).await
+}
+
+async fn chain_lines(c: std::process::Command) -> (Option<i32>, Vec<String>) {
     let out = run_cli(c).await;
     let chain_lines = out
         .stdout
@@ -207,6 +285,8 @@ async fn verify_names_the_first_broken_entry_after_a_row_is_edited() {
         let clean = export(&s, "wf-tb", "clean.json").await;
         let (code, lines) = verify_lines(&clean).await;
         assert_eq!(code, Some(0), "{}: {lines:?}", s.name);
+        let (code, lines) = verify_live_lines(&s).await;
+        assert_eq!(code, Some(0), "{}: live: {lines:?}", s.name);
 
         // Entry 2's token replaced by another valid token, and entry 3's stored hash changed.
         let edit_token = format!("UPDATE ects SET token = '{d}' WHERE jti = 'tb-b'");
@@ -231,6 +311,23 @@ async fn verify_names_the_first_broken_entry_after_a_row_is_edited() {
         assert!(
             lines.iter().any(|l| l.contains("chain entry 3 is broken")),
             "{}: {lines:?}",
+            s.name
+        );
+
+        // The live check walks the whole ledger: the same first entry, and entry 4 no
+        // longer recomputes from the rewritten hash of entry 3.
+        let (code, lines) = verify_live_lines(&s).await;
+        assert_eq!(code, Some(4), "{}: live findings exit code", s.name);
+        assert!(
+            lines[0].starts_with("chain  tb-b  chain entry 2 is broken"),
+            "{}: live: {lines:?}",
+            s.name
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("chain  tb-d  chain entry 4 is broken")),
+            "{}: live: {lines:?}",
             s.name
         );
     }

@@ -8,44 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use common::ects::new_ect;
-use common::{DbKind, TestStore, test_stores};
+use common::{DbKind, TestStore, test_stores, walk_chain as walk};
 use sqlx::Connection as _;
-use unwind::ledger::chain::{self, ChainHead, GENESIS};
+use unwind::ledger::chain::{ChainHead, GENESIS};
 use unwind::store::{InsertOutcome, NewEct, Store};
-
-/// Walks the whole chain and recomputes every entry; returns the jtis in chain order.
-async fn walk(store: &dyn Store) -> Vec<String> {
-    let mut head = ChainHead::genesis();
-    let mut jtis = Vec::new();
-    loop {
-        let page = store.chain_range(head.seq, 7).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        for (entry, token) in page {
-            assert_eq!(entry.seq, head.seq + 1, "positions have no gaps");
-            assert_eq!(
-                entry.prev_hash, head.chain_hash,
-                "entry {} links",
-                entry.seq
-            );
-            let token = token.expect("every entry has its token");
-            let hash = chain::next(&head.chain_hash, &chain::token_hash(&token)).unwrap();
-            assert_eq!(entry.chain_hash, hash, "entry {} recomputes", entry.seq);
-            head = ChainHead {
-                seq: entry.seq,
-                chain_hash: entry.chain_hash,
-            };
-            jtis.push(entry.jti);
-        }
-    }
-    assert_eq!(
-        store.chain_head().await.unwrap(),
-        head,
-        "the head is the last entry"
-    );
-    jtis
-}
 
 #[tokio::test]
 async fn appends_chain_in_order_and_duplicates_keep_their_entry() {

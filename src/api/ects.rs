@@ -47,6 +47,11 @@ pub struct BatchRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchAnswer {
     pub results: Vec<BatchItem>,
+    /// Compact JWS (coordinator key, `typ` `unwind-batch-receipt+jwt`) over
+    /// `{"iss","iat","entries":[{"jti","seq","chain_hash"}]}`: every created or duplicate item's
+    /// chain entry, in input order. Absent when every token was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_receipt: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -57,7 +62,8 @@ pub struct BatchItem {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ItemError>,
-    /// As in a single-token answer; absent for a rejected token.
+    /// The item's chain entry (`seq`, `chain_hash`; signed by `batch_receipt`); absent for a
+    /// rejected token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
 }
@@ -212,16 +218,18 @@ async fn ingest(
         }
     }
 
-    let entries = body_results.iter_mut().map(|r| r.entry.take()).collect();
-    let receipts = ReceiptSigner::new(&state).sign_all(entries).await?;
-
+    let signer = ReceiptSigner::new(&state);
     if single {
-        let (Some(IngestResult { jti, outcome, .. }), Some(receipt)) =
-            (body_results.into_iter().next(), receipts.into_iter().next())
+        let Some(IngestResult {
+            jti,
+            outcome,
+            entry,
+        }) = body_results.into_iter().next()
         else {
             return Err(ApiError::internal("ingest returned no result"));
         };
         let status = outcome.map_err(ApiError::from)?;
+        let receipt = entry.as_ref().map(|e| signer.sign_one(e)).transpose()?;
         let code = match status {
             IngestStatus::Created => StatusCode::CREATED,
             IngestStatus::Duplicate => StatusCode::OK,
@@ -233,6 +241,8 @@ async fn ingest(
         };
         return Ok((code, axum::Json(answer)).into_response());
     }
+    let entries: Vec<_> = body_results.iter_mut().map(|r| r.entry.take()).collect();
+    let (receipts, batch_receipt) = signer.sign_batch(&entries)?;
     let results = body_results
         .into_iter()
         .zip(receipts)
@@ -257,7 +267,11 @@ async fn ingest(
             },
         })
         .collect();
-    Ok(axum::Json(BatchAnswer { results }).into_response())
+    Ok(axum::Json(BatchAnswer {
+        results,
+        batch_receipt,
+    })
+    .into_response())
 }
 
 /// The tokens of a batch body (`{"tokens": [..]}`): `malformed` when it is not JSON,

@@ -6,20 +6,23 @@
 //! entry had this position and hash at that time.
 
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::problem::Problem;
-use super::{ApiError, ApiPath, AppState, Caller};
+use super::{ApiError, ApiPath, ApiQuery, AppState, Caller};
 use crate::config::Role;
 use crate::ect::SigningKey;
 use crate::ledger::chain::{self, ChainEntry};
 
 /// `typ` of a signed receipt.
 pub const RECEIPT_TYP: &str = "unwind-receipt+jwt";
+/// `typ` of a batch's one signed receipt.
+pub const BATCH_RECEIPT_TYP: &str = "unwind-batch-receipt+jwt";
 /// `typ` of a signed head.
 pub const HEAD_TYP: &str = "unwind-ledger-head+jwt";
 /// How a client recomputes an entry, as the proof states it.
@@ -29,6 +32,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(head))
         .routes(routes!(proof))
+        .routes(routes!(entries))
 }
 
 /// Unwind's signed statement that a token is entry `seq` of its ledger's chain.
@@ -37,11 +41,13 @@ pub struct Receipt {
     pub seq: i64,
     pub chain_hash: String,
     /// Compact JWS (coordinator key, `typ` `unwind-receipt+jwt`) over
-    /// `{"iss","jti","seq","chain_hash","iat"}`.
-    pub sig: String,
+    /// `{"iss","jti","seq","chain_hash","iat"}`. Absent in a batch answer's items: the batch's
+    /// `batch_receipt` signs them all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
-/// Signs receipts for ingest results, in order (`None` stays `None`).
+/// Signs receipts for ingest results.
 pub(super) struct ReceiptSigner {
     key: std::sync::Arc<SigningKey>,
     iss: String,
@@ -68,31 +74,50 @@ impl ReceiptSigner {
             .sign(&claims, RECEIPT_TYP)
             .map_err(ApiError::internal)?;
         Ok(Receipt {
-            seq: entry.seq,
-            chain_hash: entry.chain_hash.clone(),
-            sig,
+            sig: Some(sig),
+            ..unsigned(entry)
         })
     }
 
-    /// Signs on a blocking thread: a batch's signatures are CPU work.
-    pub(super) async fn sign_all(
-        self,
-        entries: Vec<Option<ChainEntry>>,
-    ) -> Result<Vec<Option<Receipt>>, ApiError> {
-        let iat = chrono::Utc::now().timestamp();
-        let inline = entries.len() <= 1;
-        let sign = move || {
-            entries
-                .iter()
-                .map(|e| e.as_ref().map(|e| self.sign(e, iat)).transpose())
-                .collect::<Result<Vec<_>, ApiError>>()
-        };
-        if inline {
-            return sign();
+    /// One receipt for a token's entry, signed alone.
+    pub(super) fn sign_one(&self, entry: &ChainEntry) -> Result<Receipt, ApiError> {
+        self.sign(entry, chrono::Utc::now().timestamp())
+    }
+
+    /// One signature for a whole batch: a JWS over every entry (in input order), so a batch
+    /// of 500 costs one signature, not 500. Each item's receipt then carries no `sig`.
+    /// `None` when no token of the batch has an entry.
+    pub(super) fn sign_batch(
+        &self,
+        entries: &[Option<ChainEntry>],
+    ) -> Result<(Vec<Option<Receipt>>, Option<String>), ApiError> {
+        let listed: Vec<Value> = entries
+            .iter()
+            .flatten()
+            .map(|e| json!({"jti": e.jti, "seq": e.seq, "chain_hash": e.chain_hash}))
+            .collect();
+        let receipts = entries.iter().map(|e| e.as_ref().map(unsigned)).collect();
+        if listed.is_empty() {
+            return Ok((receipts, None));
         }
-        tokio::task::spawn_blocking(sign)
-            .await
-            .map_err(ApiError::internal)?
+        let claims = object(json!({
+            "iss": self.iss,
+            "iat": chrono::Utc::now().timestamp(),
+            "entries": listed,
+        }));
+        let sig = self
+            .key
+            .sign(&claims, BATCH_RECEIPT_TYP)
+            .map_err(ApiError::internal)?;
+        Ok((receipts, Some(sig)))
+    }
+}
+
+fn unsigned(entry: &ChainEntry) -> Receipt {
+    Receipt {
+        seq: entry.seq,
+        chain_hash: entry.chain_hash.clone(),
+        sig: None,
     }
 }
 
@@ -195,7 +220,7 @@ async fn proof(
         .next()
         .ok_or_else(not_found)?;
     let record = state.store.get_ect(&jti).await?.ok_or_else(not_found)?;
-    let receipt = ReceiptSigner::new(&state).sign(&entry, chrono::Utc::now().timestamp())?;
+    let receipt = ReceiptSigner::new(&state).sign_one(&entry)?;
     Ok(axum::Json(LedgerProof {
         token_hash: chain::token_hash(&record.token),
         jti: entry.jti,
@@ -206,4 +231,71 @@ async fn proof(
         rule: CHAIN_RULE.to_string(),
         receipt,
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    /// Entries with `seq` greater than this (default 0: from the first).
+    pub after: Option<i64>,
+    /// 1..=1000, default 100.
+    pub limit: Option<u32>,
+}
+
+/// One chain entry with its token, for a client that recomputes the whole chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerEntry {
+    pub seq: i64,
+    pub jti: String,
+    pub prev_hash: String,
+    pub chain_hash: String,
+    /// The compact JWS as stored (`null` if its row is missing: a finding in itself).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerEntryPage {
+    pub items: Vec<LedgerEntry>,
+    /// Pass as `after` for the next page; `null` after the last entry.
+    pub next_after: Option<i64>,
+}
+
+/// The chain in order, a page at a time, with the tokens (`unwind verify --live` reads it).
+#[utoipa::path(
+    get, path = "/v1/ledger/entries", tag = "ledger",
+    params(EntriesQuery),
+    responses(
+        (status = 200, body = LedgerEntryPage),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn entries(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<EntriesQuery>,
+) -> Result<axum::Json<LedgerEntryPage>, ApiError> {
+    caller.require(Role::Reader)?;
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::invalid_request("after must be 0 or more"));
+    }
+    let limit = super::page_limit(q.limit)?;
+    let rows = state.store.chain_range(after, limit).await?;
+    let next_after = match rows.last() {
+        Some((last, _)) if rows.len() == limit as usize => Some(last.seq),
+        _ => None,
+    };
+    let items = rows
+        .into_iter()
+        .map(|(e, token)| LedgerEntry {
+            seq: e.seq,
+            jti: e.jti,
+            prev_hash: e.prev_hash,
+            chain_hash: e.chain_hash,
+            token,
+        })
+        .collect();
+    Ok(axum::Json(LedgerEntryPage { items, next_after }))
 }

@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -119,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(refuse_nul_in_url))
         .layer(middleware::map_response(problem::problem_for_bare_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -136,6 +137,22 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Ids and filters arrive percent-decoded, and U+0000 (`%00`) is text no store keeps
+/// (PostgreSQL refuses it): such a URL names nothing and is refused before any handler.
+async fn refuse_nul_in_url(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let has_nul = |part: &str| {
+        part.as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+    };
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return ApiError::invalid_request("the URL holds U+0000 (%00), which no id or filter may")
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Request counts and latency by route template (never by raw path: ids would explode the

@@ -20,6 +20,8 @@ use crate::store::hitl::EscalationStatus;
 /// The state gauges are read from the store at most this often, however often `/metrics` is
 /// scraped (it may be open to anyone).
 const STATE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How long `/readyz` waits for the store before it answers 503.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pages read per gauge; a backlog beyond this many items is reported as this many.
 const STATE_GAUGE_PAGES: usize = 10;
 
@@ -50,7 +52,16 @@ async fn healthz() -> axum::Json<Status> {
     responses((status = 200, body = Status), (status = 503, body = Problem, content_type = "application/problem+json"))
 )]
 async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Status>, ApiError> {
-    match state.store.ready().await {
+    // Bounded: with the database down, the pool keeps retrying a connection for its whole
+    // acquire timeout, longer than a probe waits; a probe needs a prompt "no".
+    let answer = match tokio::time::timeout(READY_TIMEOUT, state.store.ready()).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the store did not answer within {} ms",
+            READY_TIMEOUT.as_millis()
+        )),
+    };
+    match answer {
         Ok(()) => Ok(axum::Json(Status {
             status: "ready".into(),
         })),
@@ -59,7 +70,7 @@ async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Status>, Api
             Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
-                e.to_string(),
+                e,
             ))
         }
     }
@@ -99,8 +110,14 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     get, path = "/.well-known/jwks.json", tag = "operations",
     responses((status = 200, description = "JWK set", content_type = "application/json"))
 )]
-async fn jwks(State(state): State<AppState>) -> Response {
-    axum::Json(state.signing_key.public_jwks()).into_response()
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Read at each request: every replica lists the same keys, whatever it started with.
+    let stored = state.store.unretired_keys().await?;
+    Ok(axum::Json(crate::service::coordinator_jwks(
+        &state.signing_key,
+        &stored,
+    ))
+    .into_response())
 }
 
 /// Gauges of what is waiting now, read from the store when `/metrics` is scraped: rollbacks

@@ -161,10 +161,16 @@ impl From<crate::ledger::LedgerError> for ApiError {
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    )
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        // A server shutting down, crashed or starting up cuts its connections with these
+        // (connection exceptions, 08xxx; admin_shutdown, crash_shutdown, cannot_connect_now):
+        // the database is unreachable for now, not broken.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -440,9 +440,10 @@ async fn export_keys(
             kids,
         });
     };
+    let stored = state.store.unretired_keys().await?;
     add(
         &state.config.coordinator_id,
-        state.signing_key.public_jwks(),
+        crate::service::coordinator_jwks(&state.signing_key, &stored),
     );
     let mut client: Option<reqwest::Client> = None;
     for issuer in &state.config.trust.issuers {

@@ -70,12 +70,14 @@ pub enum Command {
     ///
     /// Example: unwind export --wid wf-42 --out wf-42.export.json
     Export(audit::ExportArgs),
-    /// Audit an export offline: signatures, claims, DAG rules and rollback evidence.
+    /// Audit an export offline (signatures, claims, DAG rules, rollback evidence, hash chain),
+    /// or with `--live` a running coordinator's whole hash chain and its signed head.
     ///
     /// Exit codes: 0 no findings, 4 findings (one line each: check, jti, detail), 2 a file
     /// that cannot be read or is not an export.
     ///
     /// Example: unwind verify wf-42.export.json --jwks keys-from-the-coordinator.json
+    /// Example: unwind verify --live --url https://unwind.example --jwks keys.json
     Verify(audit::VerifyArgs),
     /// A guided tour: Unwind and five reference agents on this machine, a network change that
     /// fails, a circuit breaker, a cascade, a rollback and an escalation.

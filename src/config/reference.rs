@@ -31,6 +31,11 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "`sqlite://path` or `postgres://user:password@host/db`",
     },
     KeyDoc {
+        key: "migrate_on_start",
+        default: None,
+        meaning: "apply migrations when `serve` starts; `false`: refuse to start unless `unwind migrate` has brought the schema to this version (the role then needs no schema rights)",
+    },
+    KeyDoc {
         key: "data_dir",
         default: None,
         meaning: "embedded database, generated key and admin token",
@@ -47,8 +52,8 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "signing_key_file",
-        default: Some("`<data_dir>/coordinator.jwk`"),
-        meaning: "private JWK Unwind signs with; generated (ES256) when absent",
+        default: Some("none: a key in the store"),
+        meaning: "private JWK Unwind signs with; generated (ES256) when absent. Unset: one key generated once and kept in the store for every replica (an earlier version's `<data_dir>/coordinator.jwk` is imported)",
     },
     KeyDoc {
         key: "admin_token_file",
@@ -264,6 +269,26 @@ pub const KEYS: &[KeyDoc] = &[
         key: "cascade.queue",
         default: None,
         meaning: "ingested error nodes and breaker reports waiting for detection; beyond it new ones are dropped and counted (`unwind_cascade_queue_dropped_total`) rather than slowing ingest",
+    },
+    KeyDoc {
+        key: "retention.rollback_steps_days",
+        default: None,
+        meaning: "days the steps of a finished rollback are kept after its last change (the rollback itself and its evidence stay); `0` keeps them forever; at most 36500",
+    },
+    KeyDoc {
+        key: "retention.webhook_deliveries_days",
+        default: None,
+        meaning: "days a delivered webhook event and its recorded attempts are kept after delivery (pending ones always stay); `0` keeps them forever; at most 36500",
+    },
+    KeyDoc {
+        key: "retention.interval_s",
+        default: None,
+        meaning: "seconds between two prune runs of each replica (the first runs at start)",
+    },
+    KeyDoc {
+        key: "retention.batch",
+        default: None,
+        meaning: "rows one delete statement removes at most, 1 to 10000, so pruning never holds locks for long",
     },
 ];
 

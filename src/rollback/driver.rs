@@ -116,9 +116,13 @@ impl Coordinator {
         let slots = Arc::new(tokio::sync::Semaphore::new(
             self.settings.max_rollbacks.max(1),
         ));
+        // Owned here, so that when this worker stops (or its task is aborted) every rollback
+        // it drives stops with it, as in a process that dies: none keeps renewing its lease.
+        let mut drives = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {
+            while drives.try_join_next().is_some() {}
             if last_sweep.is_none_or(|t| t.elapsed() >= self.sweep_interval()) {
                 last_sweep = Some(std::time::Instant::now());
                 if let Err(e) = self.release_expired_waiting().await {
@@ -136,7 +140,7 @@ impl Coordinator {
             match claimed {
                 Ok(Some(lease)) => {
                     let me = self.clone();
-                    tokio::spawn(async move {
+                    drives.spawn(async move {
                         let id = lease.rollback_id.clone();
                         let Some(_slot) = me.workflow_slot(&lease).await else {
                             return;
@@ -251,7 +255,10 @@ impl Coordinator {
                 self.settings.lease / 3,
             );
             let lease_for = self.settings.lease;
-            tokio::spawn(async move {
+            // A JoinSet aborts its task when dropped: if this drive is cancelled, the lease
+            // stops being renewed and another worker can take the rollback over.
+            let mut renewer = tokio::task::JoinSet::new();
+            renewer.spawn(async move {
                 loop {
                     tokio::time::sleep(period).await;
                     if store.renew_lease(&lease, lease_for).await.is_err() {
@@ -259,10 +266,11 @@ impl Coordinator {
                         return;
                     }
                 }
-            })
+            });
+            renewer
         };
         let outcome = self.drive_leased(&lease, &lost).await;
-        renewer.abort();
+        drop(renewer);
         // After an error the lease is kept until it expires: the next attempt (here or on
         // another replica) comes a lease later instead of at once, over and over.
         if outcome.is_ok() && !lost.load(Ordering::SeqCst) {
@@ -1049,6 +1057,9 @@ fn apply_retrying(steps: &mut [StepRecord], reports: Vec<Retrying>) -> BTreeSet<
 
 /// Which prepared steps may execute now: those whose every downstream step in the plan is
 /// final. Counts what each step still waits for, so a finished step costs its dependents only.
+/// A step that is already final when the order is made (skipped, escalated, done before a
+/// restart) is looked through: its ancestors wait for what it waited for, so a skipped step
+/// lets its ancestors go without letting them overtake the checkpoints below it.
 struct ExecuteOrder {
     /// Steps a step still waits for, by index.
     blockers: Vec<usize>,
@@ -1064,13 +1075,30 @@ impl ExecuteOrder {
             .enumerate()
             .map(|(i, s)| (s.checkpoint_id.as_str(), i))
             .collect();
+        let below: Vec<Vec<usize>> = steps
+            .iter()
+            .map(|s| {
+                s.waits_for
+                    .iter()
+                    .filter_map(|w| index.get(w.as_str()).copied())
+                    .collect()
+            })
+            .collect();
         let mut blockers = vec![0; steps.len()];
         let mut dependents = vec![Vec::new(); steps.len()];
-        for (i, step) in steps.iter().enumerate() {
-            for w in &step.waits_for {
-                if let Some(&j) = index.get(w.as_str())
-                    && !steps[j].execute_status.is_final()
-                {
+        // `seen[j] == i + 1`: step j was met in step i's walk (one array for every walk).
+        let mut seen = vec![0usize; steps.len()];
+        let mut stack = Vec::new();
+        for i in 0..steps.len() {
+            stack.extend(below[i].iter().copied());
+            while let Some(j) = stack.pop() {
+                if seen[j] == i + 1 {
+                    continue;
+                }
+                seen[j] = i + 1;
+                if steps[j].execute_status.is_final() {
+                    stack.extend(below[j].iter().copied());
+                } else {
                     blockers[i] += 1;
                     dependents[j].push(i);
                 }
@@ -1133,4 +1161,70 @@ fn take_decision(rb: &mut RollbackRecord) -> Option<String> {
         set_result(rb, "pending_decision", Value::Null);
     }
     decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps `names`, each waiting for the checkpoints listed beside it, with the given
+    /// statuses.
+    fn steps(spec: &[(&str, &[&str], ExecuteStatus)]) -> Vec<StepRecord> {
+        spec.iter()
+            .map(|(name, waits, status)| StepRecord {
+                rollback_id: "r".into(),
+                checkpoint_id: (*name).into(),
+                agent: "a".into(),
+                rollback_uri: None,
+                rank: 0,
+                critical: false,
+                reversible: true,
+                expired: false,
+                waits_for: waits.iter().map(|w| (*w).to_string()).collect(),
+                prepare_status: PrepareStatus::Prepared,
+                execute_status: *status,
+                attempts: 0,
+                next_attempt_at: None,
+                error: None,
+                response: None,
+                reused_from: None,
+                updated_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_skipped_step_does_not_let_its_ancestor_overtake_what_is_below_it() {
+        use ExecuteStatus::{Pending, Skipped};
+        // root -> skipped -> leaf: root must wait for leaf.
+        let mut s = steps(&[
+            ("root", &["mid"], Pending),
+            ("mid", &["leaf"], Skipped),
+            ("leaf", &[], Pending),
+        ]);
+        let mut order = ExecuteOrder::new(&s);
+        assert_eq!(order.next_ready(), Some(2), "the leaf goes first");
+        assert_eq!(order.next_ready(), None, "the root waits for the leaf");
+        s[2].execute_status = ExecuteStatus::Completed;
+        order.finished(2, &s);
+        assert_eq!(order.next_ready(), Some(0));
+    }
+
+    #[test]
+    fn shared_descendants_behind_final_steps_count_once() {
+        use ExecuteStatus::{Completed, Escalated, Pending};
+        // root waits for a and b (both final), which both wait for leaf.
+        let mut s = steps(&[
+            ("root", &["a", "b"], Pending),
+            ("a", &["leaf"], Escalated),
+            ("b", &["leaf"], Completed),
+            ("leaf", &[], Pending),
+        ]);
+        let mut order = ExecuteOrder::new(&s);
+        assert_eq!(order.next_ready(), Some(3));
+        assert_eq!(order.next_ready(), None);
+        s[3].execute_status = ExecuteStatus::Failed;
+        order.finished(3, &s);
+        assert_eq!(order.next_ready(), Some(0), "one blocker, released once");
+    }
 }

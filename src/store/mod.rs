@@ -22,12 +22,16 @@ use crate::rollback::model::{
 };
 pub use circuits::{CircuitRow, CircuitStore};
 pub use hitl::HitlStore;
+pub use keys::{KeyStore, NewKey, StoredKey};
+pub use retention::RetentionStore;
 
 pub mod cascade;
 pub mod circuits;
 mod common;
 pub mod hitl;
+pub mod keys;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 mod tcp_nodelay;
 
@@ -184,7 +188,9 @@ pub enum StoreError {
 
 /// The ledger's persistence. Implementations are cheap to clone behind an `Arc`.
 #[async_trait::async_trait]
-pub trait Store: cascade::CascadeStore + CircuitStore + HitlStore + Send + Sync + 'static {
+pub trait Store:
+    cascade::CascadeStore + CircuitStore + HitlStore + KeyStore + RetentionStore + Send + Sync + 'static
+{
     fn backend(&self) -> Backend;
 
     /// Applies pending migrations.
@@ -296,6 +302,10 @@ pub trait Store: cascade::CascadeStore + CircuitStore + HitlStore + Send + Sync 
         &self,
         rollback_id: &str,
     ) -> Result<Option<(RollbackRecord, Vec<StepRecord>)>, StoreError>;
+
+    /// Those of `wids` that a completed `full_workflow` rollback ended: the ledger refuses new
+    /// tokens into them (`workflow_terminated`).
+    async fn terminated_workflows(&self, wids: &[String]) -> Result<Vec<String>, StoreError>;
 
     /// Rollbacks oldest first.
     async fn list_rollbacks(

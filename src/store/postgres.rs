@@ -11,6 +11,7 @@
 
 mod cascade;
 mod circuits;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -37,6 +38,7 @@ use crate::rollback::model::{
 };
 
 mod hitl;
+mod retention;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -594,6 +596,19 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(Some((row.into_record()?, common::into_steps(steps)?)))
+    }
+
+    async fn terminated_workflows(&self, wids: &[String]) -> Result<Vec<String>, StoreError> {
+        if wids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT wid FROM rollbacks WHERE wid = ANY($1) \
+             AND status = 'completed' AND scope = 'full_workflow'",
+        )
+        .bind(wids)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn list_rollbacks(

@@ -7,6 +7,7 @@
 
 mod cascade;
 mod circuits;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -36,6 +37,7 @@ use crate::rollback::model::{
 };
 
 mod hitl;
+mod retention;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -534,6 +536,25 @@ impl Store for SqliteStore {
         .await?;
         tx.rollback().await?;
         Ok(Some((row.into_record()?, common::into_steps(steps)?)))
+    }
+
+    async fn terminated_workflows(&self, wids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in wids.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT DISTINCT wid FROM rollbacks WHERE wid IN (");
+            let mut list = qb.separated(", ");
+            for wid in chunk {
+                list.push_bind(wid);
+            }
+            qb.push(") AND status = 'completed' AND scope = 'full_workflow'");
+            found.extend(
+                qb.build_query_scalar::<String>()
+                    .fetch_all(&self.reader)
+                    .await?,
+            );
+        }
+        Ok(found)
     }
 
     async fn list_rollbacks(

@@ -10,8 +10,8 @@ use unwind::config::Config;
 use unwind::ect::SigningKey;
 use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
 use unwind_agent::{
-    Agent, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError, PrepareDecision,
-    RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
+    Agent, AgentBuilder, CheckpointCtx, CheckpointStore, CoordinatorKeys, HandlerError,
+    PrepareDecision, RestoreOutcome, RollbackHandler, SnapshotKey, StoreOptions,
 };
 
 use super::server::*;
@@ -82,6 +82,18 @@ pub async fn serve_agent<C>(
     controls: C,
     routes: impl FnOnce(&Agent, &C) -> axum::Router,
 ) -> TestAgent<C> {
+    serve_agent_with(name, trust, handler, controls, routes, |b| b).await
+}
+
+/// Like [`serve_agent`], with the agent's builder adjusted by `build` (e.g. its clock).
+pub async fn serve_agent_with<C>(
+    name: &str,
+    trust: AgentTrust<'_>,
+    handler: Arc<dyn RollbackHandler>,
+    controls: C,
+    routes: impl FnOnce(&Agent, &C) -> axum::Router,
+    build: impl FnOnce(AgentBuilder) -> AgentBuilder,
+) -> TestAgent<C> {
     let dir = tempfile::tempdir().unwrap();
     let id = format!("{AGENT_PREFIX}{name}");
     let store = CheckpointStore::open(StoreOptions::in_dir(
@@ -91,7 +103,7 @@ pub async fn serve_agent<C>(
     ))
     .await
     .unwrap();
-    let agent = Agent::builder()
+    let agent = build(Agent::builder())
         .id(&id)
         .signing_key(trust.key.clone())
         .coordinator(
@@ -163,6 +175,18 @@ pub async fn start_agent(
     delay_ms: u64,
     log: &Log,
 ) -> TestAgent {
+    start_agent_with(s, name, behaviour, delay_ms, log, |b| b).await
+}
+
+/// Like [`start_agent`], with the agent's builder adjusted by `build`.
+pub async fn start_agent_with(
+    s: &TestServer,
+    name: &str,
+    behaviour: &str,
+    delay_ms: u64,
+    log: &Log,
+    build: impl FnOnce(AgentBuilder) -> AgentBuilder,
+) -> TestAgent {
     let controls = Controls::new(behaviour.parse::<Behaviour>().unwrap());
     let handler = Arc::new(Timed {
         name: name.to_string(),
@@ -175,9 +199,14 @@ pub async fn start_agent(
         coordinator_id: &s.coordinator_id,
         coordinator_jwks: served_jwks(&s.client, &s.base).await,
     };
-    serve_agent(name, trust, handler, controls, |agent, controls| {
-        reference::router(agent, controls.clone(), false)
-    })
+    serve_agent_with(
+        name,
+        trust,
+        handler,
+        controls,
+        |agent, controls| reference::router(agent, controls.clone(), false),
+        build,
+    )
     .await
 }
 

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod browser;
+pub mod pg_cluster;
 pub mod process;
 pub mod receiver;
 pub mod server;
@@ -59,15 +60,19 @@ pub fn postgres_admin_url() -> Option<String> {
     match std::env::var(POSTGRES_ENV) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            let on_ci = std::env::var("CI").map(|v| !v.is_empty()).unwrap_or(false);
             assert!(
-                !on_ci,
+                !on_ci(),
                 "CI is set but {POSTGRES_ENV} is not: the PostgreSQL tests must run on CI \
                  (e.g. {POSTGRES_ENV}=postgres://postgres@127.0.0.1:5432/postgres)"
             );
             None
         }
     }
+}
+
+/// True on CI (`CI` set), where tests that need a service must not skip.
+pub fn on_ci() -> bool {
+    std::env::var("CI").map(|v| !v.is_empty()).unwrap_or(false)
 }
 
 /// The back ends available to this test run: SQLite, plus PostgreSQL when configured.
@@ -215,6 +220,45 @@ impl Drop for PgDatabaseGuard {
         })
         .join();
     }
+}
+
+/// Walks the whole hash chain and recomputes every entry (positions without gaps, each linked to
+/// the previous and recomputing from its token); returns the jtis in chain order.
+pub async fn walk_chain(store: &dyn Store) -> Vec<String> {
+    let mut head = unwind::ledger::chain::ChainHead::genesis();
+    let mut jtis = Vec::new();
+    loop {
+        let page = store.chain_range(head.seq, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for (entry, token) in page {
+            assert_eq!(entry.seq, head.seq + 1, "positions have no gaps");
+            assert_eq!(
+                entry.prev_hash, head.chain_hash,
+                "entry {} links",
+                entry.seq
+            );
+            let token = token.expect("every entry has its token");
+            let hash = unwind::ledger::chain::next(
+                &head.chain_hash,
+                &unwind::ledger::chain::token_hash(&token),
+            )
+            .unwrap();
+            assert_eq!(entry.chain_hash, hash, "entry {} recomputes", entry.seq);
+            head = unwind::ledger::chain::ChainHead {
+                seq: entry.seq,
+                chain_hash: entry.chain_hash,
+            };
+            jtis.push(entry.jti);
+        }
+    }
+    assert_eq!(
+        store.chain_head().await.unwrap(),
+        head,
+        "the head is the last entry"
+    );
+    jtis
 }
 
 /// Builders for ledger rows, so tests need no signing.

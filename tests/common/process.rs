@@ -12,6 +12,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use unwind::ect::{KeyAlg, SigningKey};
 use unwind_agent::RollbackHandler;
+use unwind_agent::reference::{self, Behaviour, Controls, ReferenceHandler};
 
 use super::agents::{
     AgentTrust, Figure, TestAgent, poll_rollback, serve_agent, served_jwks, sign_figure,
@@ -100,6 +101,11 @@ impl ServeProcess {
     /// Starts `unwind serve` in `dir` with no configuration file (data in `dir/unwind-data`).
     pub fn start(dir: &Path) -> ServeProcess {
         Self::launch(dir, None, dir.join("unwind-data"), None)
+    }
+
+    /// Like [`Self::start`], with `--config <config>`.
+    pub fn start_with_config(dir: &Path, config: &Path) -> ServeProcess {
+        Self::launch(dir, Some(config), dir.join("unwind-data"), None)
     }
 
     /// Starts `unwind serve [--config <config>] --listen 127.0.0.1:<free port>` in `dir` and
@@ -374,6 +380,14 @@ impl ServeSetup {
         }
     }
 
+    /// Like [`ServeSetup::new`], on a database the test runs itself (e.g. a private
+    /// PostgreSQL cluster); `options.database` stays unset.
+    pub async fn on_url(url: &str, options: ServeOptions) -> ServeSetup {
+        let mut setup = Self::new(options).await;
+        setup.database_url = Some(url.to_string());
+        setup
+    }
+
     /// The data directory of replica `name`.
     pub fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("data-{name}"))
@@ -452,5 +466,27 @@ sha256 = "{sha}"
             coordinator_jwks: served_jwks(&coordinator.client, &coordinator.base).await,
         };
         serve_agent(name, trust, handler, controls, |agent, _| agent.router()).await
+    }
+
+    /// The reference agent `agent/<name>` with programmable `behaviour` (`slow:200`, `fail:3`,
+    /// ...; see `unwind_agent::reference`), counting its calls and restores, trusting the keys
+    /// `coordinator` serves.
+    pub async fn start_reference_agent(
+        &self,
+        coordinator: &ServeProcess,
+        name: &str,
+        behaviour: &str,
+    ) -> TestAgent {
+        let controls = Controls::new(behaviour.parse::<Behaviour>().unwrap());
+        let handler = Arc::new(ReferenceHandler::new(controls.clone()));
+        let trust = AgentTrust {
+            key: &self.agent_key,
+            coordinator_id: COORDINATOR_ID,
+            coordinator_jwks: served_jwks(&coordinator.client, &coordinator.base).await,
+        };
+        serve_agent(name, trust, handler, controls, |agent, controls| {
+            reference::router(agent, controls.clone(), false)
+        })
+        .await
     }
 }

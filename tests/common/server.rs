@@ -31,6 +31,8 @@ pub struct TestServer {
     pub other_key: SigningKey,
     pub coordinator_id: String,
     pub dir: PathBuf,
+    /// The configuration it was started with (a restarted worker uses it again).
+    pub config: Config,
     task: JoinHandle<()>,
     worker: JoinHandle<()>,
     delivery: JoinHandle<()>,
@@ -128,7 +130,7 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
     let coordinator_id = config.coordinator_id.clone();
     let admin_path = config.admin_token_path();
 
-    let prepared = unwind::service::prepare(config).await.unwrap();
+    let prepared = unwind::service::prepare(config.clone()).await.unwrap();
     let store = prepared.state.store.clone();
     let worker = tokio::spawn(
         prepared
@@ -157,6 +159,7 @@ async fn start(test_store: TestStore, adjust: &impl Fn(&mut Config)) -> TestServ
         other_key,
         coordinator_id,
         dir,
+        config,
         task,
         worker,
         delivery,
@@ -220,6 +223,20 @@ impl TestServer {
         self.task.abort();
         self.worker.abort();
         self.delivery.abort();
+    }
+
+    /// Kills the rollback worker wherever it is (its agent calls in flight still reach the
+    /// agents, as a crashed process's would) and starts a new one under another lease owner,
+    /// which takes the rollbacks over once the dead worker's leases expire.
+    pub async fn restart_worker(&mut self) {
+        self.worker.abort();
+        let prepared = unwind::service::prepare(self.config.clone()).await.unwrap();
+        self.worker = tokio::spawn(
+            prepared
+                .coordinator
+                .clone()
+                .run(std::future::pending::<()>()),
+        );
     }
 
     pub fn sign(&self, claims: &Map<String, Value>) -> String {

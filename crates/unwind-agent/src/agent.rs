@@ -12,7 +12,7 @@ use unwind_ect::config::{TrustConfig, TrustIssuerConfig};
 use unwind_ect::{Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
 
 use crate::ects::{EXEC_ACT_VERIFICATION_FAILED, EctSigner, RollbackResult, SignError};
-use crate::store::{AnswerKey, CheckpointStore, Claim, StoreError, StoredCheckpoint, now_unix};
+use crate::store::{AnswerKey, CheckpointStore, Claim, StoreError, StoredCheckpoint};
 
 /// How long a duplicate request waits for the answer of the request that holds its key.
 pub const DEFAULT_CLAIM_WAIT: Duration = Duration::from_secs(30);
@@ -159,6 +159,7 @@ pub struct AgentBuilder {
     policy: Option<VerifyPolicy>,
     evidence_ttl_s: Option<i64>,
     claim_wait: Option<Duration>,
+    clock_offset_s: i64,
 }
 
 impl AgentBuilder {
@@ -203,6 +204,14 @@ impl AgentBuilder {
 
     pub fn evidence_ttl_s(mut self, ttl_s: i64) -> Self {
         self.evidence_ttl_s = Some(ttl_s);
+        self
+    }
+
+    /// Test hook: runs the agent's clock `offset_s` seconds ahead (negative: behind) of the
+    /// system clock for everything it signs and checks (token times, checkpoint expiry), to
+    /// test clock skew against a coordinator. Leave it unset in production.
+    pub fn clock_offset_s(mut self, offset_s: i64) -> Self {
+        self.clock_offset_s = offset_s;
         self
     }
 
@@ -252,8 +261,9 @@ impl AgentBuilder {
             .map_err(|e| AgentError::Config(e.to_string()))?,
         };
         let verifier = Verifier::new(Arc::new(trust), self.policy.unwrap_or_default());
-        let mut signer =
-            EctSigner::new(id.clone(), key, coordinator_id.clone()).with_profile(self.profile);
+        let mut signer = EctSigner::new(id.clone(), key, coordinator_id.clone())
+            .with_profile(self.profile)
+            .with_clock_offset(self.clock_offset_s);
         if let Some(ttl) = self.evidence_ttl_s {
             signer = signer.with_evidence_ttl(ttl);
         }
@@ -442,12 +452,13 @@ impl Agent {
     /// Runs [`CheckpointStore::purge_expired`] every `every` until the task is aborted.
     pub fn spawn_purger(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let store = self.inner.store.clone();
+        let signer = self.inner.signer.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match store.purge_expired(now_unix()).await {
+                match store.purge_expired(signer.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "expired checkpoints purged"),
                     Err(e) => tracing::warn!(error = %e, "purging expired checkpoints failed"),
@@ -468,7 +479,7 @@ impl Agent {
         if tokens.is_empty() {
             return Err("missing Execution-Context".into());
         }
-        let now = now_unix();
+        let now = self.inner.signer.now();
         let mut first_error = None;
         for token in tokens {
             match self
@@ -645,7 +656,7 @@ impl Agent {
         let cp = &ctx.checkpoint;
         let wid = cp.wid.as_deref().or(ctx.wid.as_deref());
         let parents = [ctx.rollback_start.jti.clone()];
-        if cp.is_expired(now_unix()) {
+        if cp.is_expired(self.inner.signer.now()) {
             let ect = self.refusal_ect("checkpoint_expired", Some(request), wid, &parents);
             return Ok(cannot_prepare("checkpoint_expired", ect));
         }
@@ -682,7 +693,7 @@ impl Agent {
             }
             answer
         };
-        if cp.is_expired(now_unix()) {
+        if cp.is_expired(self.inner.signer.now()) {
             return Ok(refused("checkpoint_expired"));
         }
         if !cp.reversible {
@@ -767,7 +778,9 @@ pub async fn record_and_sign(
             "the store and the signer belong to different agents".into(),
         ));
     }
-    let mut checkpoint = store.record(snapshot, ttl_s, target, reversible).await?;
+    let mut checkpoint = store
+        .record_at(snapshot, ttl_s, target, reversible, signer.now())
+        .await?;
     let token = signer.checkpoint_ect(&checkpoint, wid, parents, rollback_uri)?;
     store
         .attach_token(&checkpoint.jti, &token, Some(wid))

@@ -29,6 +29,7 @@ pub struct EctSigner {
     aud: Vec<String>,
     profile: Profile,
     evidence_ttl_s: i64,
+    clock_offset_s: i64,
 }
 
 impl EctSigner {
@@ -40,6 +41,7 @@ impl EctSigner {
             aud: vec![aud.into()],
             profile: Profile::Draft00,
             evidence_ttl_s: DEFAULT_EVIDENCE_TTL_S,
+            clock_offset_s: 0,
         }
     }
 
@@ -53,6 +55,18 @@ impl EctSigner {
     pub fn with_evidence_ttl(mut self, ttl_s: i64) -> Self {
         self.evidence_ttl_s = ttl_s.max(1);
         self
+    }
+
+    /// Test hook: runs this signer's clock `offset_s` seconds ahead (negative: behind) of the
+    /// system clock, to reproduce clock skew between machines. Leave it unset in production.
+    pub fn with_clock_offset(mut self, offset_s: i64) -> Self {
+        self.clock_offset_s = offset_s;
+        self
+    }
+
+    /// Now (Unix seconds) by this signer's clock: the system clock plus any test offset.
+    pub fn now(&self) -> i64 {
+        now_unix().saturating_add(self.clock_offset_s)
     }
 
     pub fn iss(&self) -> &str {
@@ -112,7 +126,7 @@ impl EctSigner {
         parents: &[String],
         ext: Map<String, Value>,
     ) -> Result<String, SignError> {
-        let now = now_unix();
+        let now = self.now();
         let claims = self.base(
             &new_jti(),
             exec_act,
@@ -227,4 +241,25 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unwind_ect::KeyAlg;
+
+    #[test]
+    fn a_clock_offset_moves_the_times_it_signs() {
+        let key = SigningKey::generate(KeyAlg::ES256).unwrap();
+        let signer = EctSigner::new("spiffe://example.com/agent/a", key, "spiffe://c")
+            .with_evidence_ttl(60)
+            .with_clock_offset(-120);
+        let before = now_unix();
+        let token = signer.action_ect("act", None, &[], Map::new()).unwrap();
+        let (_, claims) = unwind_ect::jws::decode_unverified(&token).unwrap();
+        let iat = claims["iat"].as_i64().unwrap();
+        assert!((before - 120..=now_unix() - 120).contains(&iat), "{claims}");
+        assert_eq!(claims["exp"].as_i64().unwrap(), iat + 60);
+        assert!((before - 120..=now_unix() - 120).contains(&signer.now()));
+    }
 }

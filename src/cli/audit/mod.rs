@@ -4,6 +4,7 @@
 //! file that cannot be read or is not an export.
 
 pub mod checks;
+pub mod live;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -39,16 +40,23 @@ pub struct ExportArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// An export written by `unwind export`.
-    pub file: PathBuf,
-    /// Public keys obtained independently of the file (a JWKS); default: the file's own `keys`.
+    #[arg(required_unless_present = "live")]
+    pub file: Option<PathBuf>,
+    /// Instead of a file: recompute the whole hash chain of the coordinator at `--url` and
+    /// check its signed head.
+    #[arg(long, conflicts_with = "file")]
+    pub live: bool,
+    /// Public keys obtained independently (a JWKS); default: the file's own `keys`, or with
+    /// `--live` the keys the coordinator serves.
     #[arg(long)]
     pub jwks: Option<PathBuf>,
     /// Seconds a parent's `iat` may be after its child's (ingest's default tolerance).
     #[arg(long, default_value_t = 60)]
     pub clock_skew_s: i64,
-    /// Output format: one line per finding and a summary, or one JSON report.
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    /// Where the coordinator is (`--live`), and the output format: one line per finding and a
+    /// summary, or one JSON report.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `unwind export`: streams `GET /v1/workflows/{wid}/export` to stdout or a file.
@@ -355,7 +363,12 @@ pub struct Reported {
 
 /// `unwind verify`: loads, runs every check, prints, and exits by the result.
 pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
-    let (file, jwks, skew) = (args.file.clone(), args.jwks.clone(), args.clock_skew_s);
+    let Some(file) = args.file.clone() else {
+        let client = Client::new(&args.client)?;
+        return live::verify_live(&client, args.jwks.as_deref(), &args.client.url).await;
+    };
+    let (jwks, skew) = (args.jwks.clone(), args.clock_skew_s);
+    let shown = file.display().to_string();
     // Reading and checking signatures is CPU work: off the async threads.
     let audited = tokio::task::spawn_blocking(move || {
         Audit::load(&file, jwks.as_deref(), skew).map(|audit| {
@@ -366,8 +379,8 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
     .await
     .map_err(|e| CliError::Failed(format!("the audit stopped: {e}")))?;
     let (audit, findings) = audited.map_err(|e| CliError::Usage(e.to_string()))?;
-    let file = args.file.display().to_string();
-    match args.output {
+    let file = shown;
+    match args.client.output {
         Output::Json => {
             let report = json!({
                 "file": file,
