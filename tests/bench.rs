@@ -18,7 +18,7 @@ fn soak(out: &std::path::Path, extra: &[&str]) -> std::process::Command {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_soak_writes_its_samples_plot_and_verdict_and_fails_when_latency_drifts() {
+async fn a_soak_writes_its_samples_plot_and_verdict_and_fails_when_the_verdict_does() {
     let dir = tempfile::tempdir().unwrap();
     // Thresholds no seconds-long run can miss: this run must pass.
     let out = dir.path().join("pass");
@@ -76,19 +76,18 @@ async fn a_soak_writes_its_samples_plot_and_verdict_and_fails_when_latency_drift
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("<polyline") && svg.contains("verdict: pass"));
 
-    // No p99 can be within 0 x and -1 ms of anything: the verdict fails and so does the command.
+    // No memory trend is below -10^9 MiB/h: the verdict fails and so does the command (the
+    // unit tests of `verdict` cover the p99 and error checks on synthetic series).
     let out = dir.path().join("fail");
-    let strict = [
-        "--max-rss-slope-mib-per-h",
-        "1000000000",
-        "--max-p99-ratio",
-        "0",
-        "--p99-slack-ms=-1",
-    ];
+    let strict = ["--max-rss-slope-mib-per-h=-1000000000"];
     let run = run_cli(soak(&out, &strict)).await;
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("soak failed"), "{}", run.stderr);
-    assert!(run.stdout.contains("DRIFTED"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("soak failed: RSS grows"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("GROWING"), "{}", run.stdout);
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.join("soak.json")).unwrap()).unwrap();
     assert_eq!(report["verdict"]["pass"], false);
