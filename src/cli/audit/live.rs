@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Reported, read_jwks};
+use super::{Reported, audit_result, count_findings, finding_lines, read_jwks};
 use crate::api::ledger::HEAD_TYP;
 use crate::cli::CliError;
 use crate::cli::client::{Client, Output};
@@ -270,10 +270,7 @@ pub async fn verify_live(client: &Client, jwks: Option<&Path>, url: &str) -> Res
             "ok": findings.is_empty(),
         }))?,
         Output::Text => {
-            let mut out = String::new();
-            for f in &findings {
-                out.push_str(&format!("{}  {}  {}\n", f.check, f.jti, f.detail));
-            }
+            let mut out = finding_lines(&findings);
             if jwks.is_none() {
                 out.push_str(
                     "note: the head's signature was checked with the keys the server serves; \
@@ -283,23 +280,12 @@ pub async fn verify_live(client: &Client, jwks: Option<&Path>, url: &str) -> Res
             out.push_str(&format!(
                 "{url}: {entries} chain entries up to the signed head (seq {}): {}\n",
                 head.seq,
-                match findings.len() {
-                    0 => "no findings".to_string(),
-                    1 => "1 finding".to_string(),
-                    n => format!("{n} findings"),
-                }
+                count_findings(findings.len())
             ));
             print!("{out}");
         }
     }
-    if findings.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::Findings(format!(
-            "{} finding(s) in the ledger at {url}",
-            findings.len()
-        )))
-    }
+    audit_result(&findings, &format!("the ledger at {url}"))
 }
 
 #[cfg(test)]

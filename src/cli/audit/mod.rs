@@ -396,10 +396,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
             super::rollback::print_json(&report)?;
         }
         Output::Text => {
-            let mut out = String::new();
-            for f in &findings {
-                out.push_str(&format!("{}  {}  {}\n", f.check, f.jti, f.detail));
-            }
+            let mut out = finding_lines(&findings);
             if audit.key_source == KeySource::File {
                 out.push_str(
                     "note: signatures were checked with the keys in the file itself; give \
@@ -412,20 +409,38 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
                 audit.tokens.len(),
                 audit.rollbacks.len(),
                 checks::CHECKS.len(),
-                match findings.len() {
-                    0 => "no findings".to_string(),
-                    1 => "1 finding".to_string(),
-                    n => format!("{n} findings"),
-                }
+                count_findings(findings.len())
             ));
             print!("{out}");
         }
     }
+    audit_result(&findings, &file)
+}
+
+/// "no findings", "1 finding", "N findings".
+fn count_findings(n: usize) -> String {
+    match n {
+        0 => "no findings".to_string(),
+        1 => "1 finding".to_string(),
+        n => format!("{n} findings"),
+    }
+}
+
+/// One line per finding, `check  jti  detail`.
+fn finding_lines(findings: &[Reported]) -> String {
+    findings
+        .iter()
+        .map(|f| format!("{}  {}  {}\n", f.check, f.jti, f.detail))
+        .collect()
+}
+
+/// Success without findings, else [`FINDINGS_EXIT_CODE`] naming what was audited.
+fn audit_result(findings: &[Reported], audited: &str) -> Result<(), CliError> {
     if findings.is_empty() {
         Ok(())
     } else {
         Err(CliError::Findings(format!(
-            "{} finding(s) in {file}",
+            "{} finding(s) in {audited}",
             findings.len()
         )))
     }
