@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::agents::served_jwks;
 use common::process::{ServeOptions, ServeSetup};
 use common::server::{
     READER_TOKEN, TestServer, claims, servers, servers_with, start_on_same_database,
@@ -38,14 +39,7 @@ fn kids(jwks: &Value) -> Vec<String> {
 }
 
 async fn jwks(s: &TestServer) -> Value {
-    s.client
-        .get(s.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::to_value(served_jwks(&s.client, &s.base).await).unwrap()
 }
 
 /// The kid in the header of the signed ledger head: the key the server signs with now.

@@ -5,25 +5,17 @@
 mod common;
 
 use base64::Engine as _;
+use common::agents::served_jwks;
 use common::process::{run_cli, unwind};
 use common::server::{OPERATOR_TOKEN, TestServer, claims, servers};
 use common::{DbKind, test_kinds};
-use jsonwebtoken::jwk::JwkSet;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 use unwind::ledger::chain;
 
 /// Checks a receipt's signature with the served JWKS and returns its claims.
 async fn receipt_claims(s: &TestServer, sig: &str) -> Value {
-    let jwks: JwkSet = s
-        .client
-        .get(s.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = served_jwks(&s.client, &s.base).await;
     let parts: Vec<&str> = sig.split('.').collect();
     assert_eq!(parts.len(), 3, "compact JWS");
     let decode = |p: &str| -> Value {
