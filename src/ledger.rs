@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod chain;
+pub mod group;
 
 use crate::dag::order_batch;
 use crate::ect::{RejectCode, Rejection, VerifiedEct, Verifier};
@@ -63,6 +64,8 @@ pub trait IngestObserver: Send + Sync {
 /// Verifies and records ECTs.
 pub struct Ledger {
     store: Arc<dyn Store>,
+    /// Appends through group commit (see [`group`]).
+    appender: group::GroupAppender,
     verifier: Arc<Verifier>,
     clock_skew_s: i64,
     observer: Option<Arc<dyn IngestObserver>>,
@@ -73,6 +76,7 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(store: Arc<dyn Store>, verifier: Arc<Verifier>, clock_skew_s: i64) -> Self {
         Self {
+            appender: group::GroupAppender::new(store.clone()),
             store,
             verifier,
             clock_skew_s,
@@ -238,16 +242,16 @@ impl Ledger {
         }
 
         if !to_append.is_empty() {
-            let batch: Vec<NewEct> = to_append.iter().map(|(_, n)| n.clone()).collect();
-            let outcomes = self.store.append_chained(&batch).await?;
-            for ((i, _), (outcome, entry)) in to_append.iter().zip(outcomes) {
-                results[*i].outcome = Ok(match outcome {
+            let (indices, batch): (Vec<usize>, Vec<NewEct>) = to_append.into_iter().unzip();
+            let outcomes = self.appender.append(batch).await?;
+            for (&i, (outcome, entry)) in indices.iter().zip(outcomes) {
+                results[i].outcome = Ok(match outcome {
                     InsertOutcome::Created => IngestStatus::Created,
                     InsertOutcome::Duplicate => IngestStatus::Duplicate,
                 });
-                results[*i].entry = Some(entry);
+                results[i].entry = Some(entry);
                 if let (InsertOutcome::Created, Some(observer), Some(e)) =
-                    (outcome, &self.observer, ect(*i))
+                    (outcome, &self.observer, ect(i))
                 {
                     observer.appended(e);
                 }

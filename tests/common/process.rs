@@ -110,13 +110,33 @@ impl ServeProcess {
 
     /// Starts `unwind serve [--config <config>] --listen 127.0.0.1:<free port>` in `dir` and
     /// waits for its "listening on" line. Its stderr goes to `log` (appended, so a restart keeps
-    /// the earlier lines) at debug level, or nowhere.
+    /// the earlier lines) at debug level, or is kept in memory for the failure message. A port
+    /// taken by someone else between `free_port` and the bind is retried with another one.
     fn launch(
         dir: &Path,
         config: Option<&Path>,
         data_dir: PathBuf,
         log: Option<&Path>,
     ) -> ServeProcess {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_launch(dir, config, &data_dir, log) {
+                Ok(process) => return process,
+                Err(early) if early.contains("cannot listen on") && attempt < 5 => continue,
+                Err(early) => panic!("unwind serve exited early:\n{early}"),
+            }
+        }
+    }
+
+    /// One start; `Err` holds what the process printed (stdout and stderr) when it exited
+    /// before listening.
+    fn try_launch(
+        dir: &Path,
+        config: Option<&Path>,
+        data_dir: &Path,
+        log: Option<&Path>,
+    ) -> Result<ServeProcess, String> {
         let port = free_port();
         let mut cmd = unwind();
         cmd.arg("serve")
@@ -126,6 +146,9 @@ impl ServeProcess {
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
+        let log_start = log
+            .and_then(|l| std::fs::metadata(l).ok())
+            .map_or(0, |m| m.len());
         match log {
             Some(log) => {
                 let file = std::fs::OpenOptions::new()
@@ -137,17 +160,35 @@ impl ServeProcess {
                     .stderr(Stdio::from(file));
             }
             None => {
-                cmd.stderr(Stdio::null());
+                cmd.stderr(Stdio::piped());
             }
         }
         let mut child = cmd.spawn().unwrap();
+        // Drained on a thread so the child never blocks on a full pipe.
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        });
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut printed = String::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut line = String::new();
             let n = reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "unwind serve exited early; printed:\n{printed}");
+            if n == 0 {
+                let _ = child.wait();
+                let err = match (stderr, log) {
+                    (Some(thread), _) => thread.join().unwrap_or_default(),
+                    (None, Some(log)) => std::fs::read(log)
+                        .map(|b| String::from_utf8_lossy(&b[log_start as usize..]).into_owned())
+                        .unwrap_or_default(),
+                    (None, None) => String::new(),
+                };
+                return Err(format!("{printed}{err}"));
+            }
             printed.push_str(&line);
             if line.contains("listening on") {
                 break;
@@ -159,15 +200,15 @@ impl ServeProcess {
             let mut sink = String::new();
             let _ = reader.read_to_string(&mut sink);
         });
-        ServeProcess {
+        Ok(ServeProcess {
             child,
             port,
             base: format!("http://127.0.0.1:{port}"),
             printed,
-            data_dir,
+            data_dir: data_dir.to_path_buf(),
             log: log.map(Path::to_path_buf),
             client: reqwest::Client::new(),
-        }
+        })
     }
 
     pub fn port(&self) -> u16 {
