@@ -295,6 +295,8 @@ explain "Ancestors of a node, depth 64 (ancestors_of, cascade root cause)" \
   "WITH RECURSIVE up(jti, depth) AS (SELECT parent, 1 FROM ect_edges WHERE child = '$DEEP' UNION SELECT e.parent, up.depth + 1 FROM ect_edges e JOIN up ON e.child = up.jti WHERE up.depth < 64) SELECT $ECT_COLUMNS FROM ects WHERE jti IN (SELECT jti FROM up LIMIT 10000)"
 explain "Cascade window: reports of one kind near a time (ects_issued_between)" \
   "SELECT $ECT_COLUMNS FROM ects WHERE exec_act = 'error' AND iat BETWEEN $IAT - 60 AND $IAT + 60 ORDER BY iat, jti LIMIT 1000"
+explain "Newest 10000 positions (newest_ects, cascade catch-up at start)" \
+  "SELECT $ECT_COLUMNS FROM ects WHERE seq > (SELECT coalesce(max(seq), 0) FROM ects) - 10000 ORDER BY seq"
 explain "Chain head (chain_head; every append locks it FOR UPDATE)" \
   "SELECT seq, chain_hash, backfill FROM ledger_head WHERE id = 1 FOR UPDATE"
 explain "Chain entries of a page (chain_entries, the export)" \

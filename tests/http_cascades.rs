@@ -392,3 +392,57 @@ async fn a_cascade_in_an_auto_rollback_workflow_rolls_back_from_its_root_cause()
         assert_eq!(a.calls(), (1, 1), "{}", s.name);
     }
 }
+
+/// A process killed with error nodes still in its detection queue (kept in memory) has not
+/// examined them. Here the tokens are appended by a ledger with no detector behind it, as such
+/// a process would leave them: nothing is raised until a process starts on the same database,
+/// examines the recent nodes again, and raises the cascade once.
+#[tokio::test]
+async fn a_cascade_left_unexamined_is_raised_when_the_next_process_starts() {
+    use std::sync::Arc;
+    use unwind::ect::{TrustStore, Verifier, VerifyPolicy};
+    use unwind::ledger::Ledger;
+
+    for s in servers().await {
+        let trust = TrustStore::from_config(&s.config.trust).unwrap();
+        let policy = VerifyPolicy::from_config(&s.config.ect).unwrap();
+        let blind = Ledger::new(
+            s.store.clone(),
+            Arc::new(Verifier::new(Arc::new(trust), policy)),
+            s.config.ect.clock_skew_s,
+        );
+        let w = wid();
+        let (root, e1, e2, e3) = (id("root"), id("e1"), id("e2"), id("e3"));
+        let tokens = vec![
+            token(&s, "a", &root, &w, "plan", &[], 4),
+            token(&s, "a", &e1, &w, "fetch_failed", &[&root], 3),
+            token(&s, "b", &e2, &w, "error", &[&e1], 2),
+            token(&s, "c", &e3, &w, "error", &[&e2], 1),
+        ];
+        for result in blind.ingest(&tokens).await.unwrap() {
+            assert!(result.outcome.is_ok(), "{}: {result:?}", s.name);
+        }
+        // A cascade the running process sees completes after the unexamined one: once it is
+        // raised, the first one would have been too, had anything examined it.
+        let marker_wid = wid();
+        let fan = id("fan");
+        s.ingest_ok(&[token(&s, "x", &fan, &marker_wid, "dispatch", &[], 0)])
+            .await;
+        s.ingest_ok(&[
+            token(&s, "x", &id("s"), &marker_wid, "error", &[&fan], 0),
+            token(&s, "y", &id("s"), &marker_wid, "error", &[&fan], 0),
+            token(&s, "z", &id("s"), &marker_wid, "error", &[&fan], 0),
+        ])
+        .await;
+        wait_alert(&s, &marker_wid, &fan).await;
+        assert!(cascades(&s, &w).await.is_empty(), "{}", s.name);
+
+        let next = start_on_same_database(&s, &|_| {}).await;
+        let items = wait_alert(&next, &w, &e1).await;
+        assert_eq!(items.len(), 1, "{}: {items:?}", s.name);
+        assert_eq!(items[0]["pattern"], "depth_first", "{}", s.name);
+        check_evidence(&next, &items[0]).await;
+        // The marker's cascade, examined again by the new process, is not raised twice.
+        assert_eq!(cascades(&next, &marker_wid).await.len(), 1, "{}", s.name);
+    }
+}

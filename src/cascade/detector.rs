@@ -60,9 +60,17 @@ impl DetectionQueue {
     }
 }
 
+/// How far back a starting detector looks for nodes a killed process may not have examined.
+pub const CATCH_UP_S: i64 = 600;
+
+/// Whether detection looks at a node: errors and breaker reports.
+fn examined(exec_act: &str, ext: &serde_json::Map<String, serde_json::Value>) -> bool {
+    crate::ect::is_error_node(exec_act, ext) || exec_act == detect::CIRCUIT_BREAKER_OPEN
+}
+
 impl IngestObserver for DetectionQueue {
     fn appended(&self, ect: &VerifiedEct) {
-        if !(ect.is_error() || ect.exec_act == detect::CIRCUIT_BREAKER_OPEN) {
+        if !examined(&ect.exec_act, &ect.ext) {
             return;
         }
         let node = Node {
@@ -148,6 +156,11 @@ impl CascadeDetector {
         if let Err(e) = self.record_pending().await {
             tracing::warn!(error = %e, "cannot record pending cascade evidence");
         }
+        match self.catch_up().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(nodes = n, "examined recent nodes again after the start"),
+            Err(e) => tracing::warn!(error = %e, "cannot examine recent nodes after the start"),
+        }
         tokio::pin!(shutdown);
         loop {
             let node = tokio::select! {
@@ -158,6 +171,28 @@ impl CascadeDetector {
                 tracing::warn!(jti = %node.jti, error = %e, "cascade detection failed for a node");
             }
         }
+    }
+
+    /// Examines again the error and breaker nodes among the newest `queue` ledger positions
+    /// received in the last [`CATCH_UP_S`]: a process killed with nodes in its queue (kept in
+    /// memory) loses them, and the next one to start examines them. Raising is idempotent, so
+    /// nodes already examined cost queries but raise nothing twice. Returns the nodes examined.
+    pub async fn catch_up(&self) -> Result<usize, DetectError> {
+        let since =
+            chrono::Utc::now() - chrono::Duration::seconds(CATCH_UP_S.max(self.settings.window_s));
+        let limit = u32::try_from(self.settings.queue).unwrap_or(u32::MAX);
+        let nodes: Vec<Node> = self
+            .store
+            .newest_ects(limit)
+            .await?
+            .into_iter()
+            .filter(|r| r.received_at >= since && examined(&r.exec_act, &r.ext))
+            .map(node_of)
+            .collect();
+        for node in &nodes {
+            self.examine(node).await?;
+        }
+        Ok(nodes.len())
     }
 
     /// Runs every pattern around `node` and raises what it completes; returns the alerts

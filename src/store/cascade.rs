@@ -45,6 +45,10 @@ pub trait CascadeStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<EctRecord>, StoreError>;
 
+    /// The tokens at the newest `limit` ledger positions, oldest first (fewer where positions
+    /// have gaps): what a restarted detector examines again.
+    async fn newest_ects(&self, limit: u32) -> Result<Vec<EctRecord>, StoreError>;
+
     /// The ancestors of `jti` up to `max_depth` parent hops (any order, each once).
     async fn ancestors_of(&self, jti: &str, max_depth: u32) -> Result<Vec<EctRecord>, StoreError>;
 

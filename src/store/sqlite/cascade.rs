@@ -38,6 +38,18 @@ impl CascadeStore for SqliteStore {
         records(rows)
     }
 
+    async fn newest_ects(&self, limit: u32) -> Result<Vec<EctRecord>, StoreError> {
+        // One descent of the `seq` index for the newest position, then a range scan.
+        let rows: Vec<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ECT_COLUMNS} FROM ects \
+             WHERE seq > (SELECT coalesce(max(seq), 0) FROM ects) - ? ORDER BY seq"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        records(rows)
+    }
+
     async fn ancestors_of(&self, jti: &str, max_depth: u32) -> Result<Vec<EctRecord>, StoreError> {
         let rows: Vec<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH RECURSIVE up(jti, depth) AS ( \
