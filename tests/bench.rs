@@ -138,6 +138,7 @@ async fn the_quick_performance_record_lists_every_figure_beside_its_limit() {
     assert_eq!(named("ingest, batches of 500"), 1, "{report}");
     assert_eq!(named("single-token ingest p99"), 1);
     assert_eq!(named("blast radius"), 2);
+    assert_eq!(named("load from the store + graph build"), 2);
     assert_eq!(named("rollback, 41 steps"), 1);
     assert_eq!(named("coordinator overhead"), 1);
     for f in figures {
@@ -148,15 +149,24 @@ async fn the_quick_performance_record_lists_every_figure_beside_its_limit() {
         assert!((ratio - value / limit).abs() < 1e-9, "{f}");
         assert!(!f["limit_is"].as_str().unwrap().is_empty(), "{f}");
     }
-    // The blast radius reaches every node of the synthetic workflows.
+    // The blast radius reaches every node of the synthetic workflows, and every node stored
+    // is loaded back.
     for g in report["blast_radius"].as_array().unwrap() {
         assert_eq!(g["reached"], g["nodes"], "{g}");
+        assert_eq!(g["load_from_store"]["nodes"], g["nodes"], "{g}");
     }
     assert_eq!(report["rollback"]["runs"][0]["status"], "completed");
     if pg.is_some() {
         assert_eq!(named("unwind serve replica"), 2, "{report}");
         assert_eq!(named("replica scaling"), 1);
         assert!(report["replicas"]["tokens_per_s"]["3"].as_f64().unwrap() > 0.0);
+        assert_eq!(named("rollbacks, "), 2, "{report}");
+        for n in ["1", "3"] {
+            assert_eq!(
+                report["replicas"]["rollbacks_completed"][n], report["replicas"]["rollbacks"],
+                "{report}"
+            );
+        }
     } else {
         assert_eq!(named("replica"), 0);
     }

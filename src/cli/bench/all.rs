@@ -25,8 +25,6 @@ use super::{
     AGENT, BENCH_TOKEN, BenchService, drop_postgres_database, failed, fresh_postgres_database,
 };
 use crate::cli::CliError;
-use crate::dag::WorkflowGraph;
-use crate::dag::synthetic::layered;
 
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
@@ -95,6 +93,9 @@ struct Sizes {
     levels: usize,
     agents: usize,
     replica_tokens: usize,
+    /// Rollbacks requested at once in each replica run, and the (levels, width) of their trees.
+    replica_rollbacks: usize,
+    replica_tree: (usize, usize),
 }
 
 const FULL: Sizes = Sizes {
@@ -107,6 +108,8 @@ const FULL: Sizes = Sizes {
     levels: 10,
     agents: 10,
     replica_tokens: 50_000,
+    replica_rollbacks: 96,
+    replica_tree: (2, 5),
 };
 
 const QUICK: Sizes = Sizes {
@@ -119,6 +122,8 @@ const QUICK: Sizes = Sizes {
     levels: 4,
     agents: 3,
     replica_tokens: 1_000,
+    replica_rollbacks: 6,
+    replica_tree: (1, 2),
 };
 
 const BATCH: usize = 500;
@@ -178,7 +183,7 @@ pub async fn run(args: AllArgs) -> Result<(), CliError> {
     eprintln!("== blast radius");
     let mut graphs = Vec::new();
     for (width, layers, target_ms) in sizes.graphs {
-        let g = blast_radius(width, layers).await?;
+        let mut g = super::blast::in_memory(width, layers).await?;
         let ms = g["blast_radius_ms"].as_f64().unwrap_or(0.0);
         figures.push(
             Figure::new(
@@ -189,6 +194,19 @@ pub async fn run(args: AllArgs) -> Result<(), CliError> {
             .against(target_ms, "target")
             .target(ms < target_ms),
         );
+        eprintln!("storing {} nodes to time their load…", g["nodes"]);
+        let load = super::blast::load_from_store(db, width, layers).await?;
+        let load_ms = load["load_ms"].as_f64().unwrap_or(0.0)
+            + load["graph_build_ms"].as_f64().unwrap_or(0.0);
+        figures.push(
+            Figure::new(
+                format!("load from the store + graph build, {} nodes", load["nodes"]),
+                load_ms,
+                "ms",
+            )
+            .against(ms, "the blast radius on the loaded graph (no target)"),
+        );
+        g["load_from_store"] = load;
         graphs.push(g);
     }
 
@@ -249,10 +267,12 @@ pub async fn run(args: AllArgs) -> Result<(), CliError> {
             let batches =
                 Arc::new(sign_batches(key.clone(), sizes.replica_tokens / BATCH, BATCH).await?);
             let mut rates = Vec::new();
+            let mut rollback_rates = Vec::new();
             for n in [1, 3] {
-                eprintln!("ingest through {n} replica(s)…");
-                let r = replica_ingest(server, n, &key, batches.clone()).await?;
-                rates.push((n, r));
+                eprintln!("ingest and rollbacks through {n} replica(s)…");
+                let r = replica_run(server, n, &key, batches.clone(), sizes).await?;
+                rates.push((n, r.ingest_per_s));
+                rollback_rates.push((n, r));
             }
             let one = rates[0].1;
             for (n, r) in &rates {
@@ -269,9 +289,28 @@ pub async fn run(args: AllArgs) -> Result<(), CliError> {
                 Figure::new("replica scaling, 3 / 1".into(), three / one.max(1.0), "x")
                     .against(1.0, "1 replica (no target yet)"),
             );
+            let (levels, width) = sizes.replica_tree;
+            let steps = 1 + levels * width;
+            let one = rollback_rates[0].1.rollbacks_per_s;
+            for (n, r) in &rollback_rates {
+                figures.push(
+                    Figure::new(
+                        format!(
+                            "rollbacks, {n} replica(s): {} at once of {steps} steps, {AGENT_DELAY_MS} ms agents ({} completed)",
+                            sizes.replica_rollbacks, r.completed
+                        ),
+                        r.rollbacks_per_s,
+                        "rollbacks/s",
+                    )
+                    .against(one, "1 replica (no target yet)"),
+                );
+            }
             replicas = json!({
                 "clients": REPLICA_CLIENTS, "tokens": batches.iter().map(Vec::len).sum::<usize>(),
                 "tokens_per_s": rates.iter().map(|(n, r)| (n.to_string(), json!(r.round()))).collect::<serde_json::Map<_, _>>(),
+                "rollbacks": sizes.replica_rollbacks, "rollback_steps": steps,
+                "rollbacks_per_s": rollback_rates.iter().map(|(n, r)| (n.to_string(), json!(r.rollbacks_per_s))).collect::<serde_json::Map<_, _>>(),
+                "rollbacks_completed": rollback_rates.iter().map(|(n, r)| (n.to_string(), json!(r.completed))).collect::<serde_json::Map<_, _>>(),
             });
         }
         None => eprintln!(
@@ -342,52 +381,29 @@ fn print_table(report: &Value, figures: &[Figure]) {
     }
 }
 
-/// Builds the synthetic workflow, then times the blast radius from its root (which reaches
-/// every node): the median of several runs on the loaded graph.
-async fn blast_radius(width: usize, layers: usize) -> Result<Value, CliError> {
-    tokio::task::spawn_blocking(move || {
-        let nodes = layered(width, layers);
-        let root = nodes.first().map(|n| n.jti.clone()).unwrap_or_default();
-        let count = nodes.len();
-        let started = Instant::now();
-        let graph = WorkflowGraph::from_nodes(Some("bench".into()), nodes);
-        let build = started.elapsed();
-        // About two seconds of repetitions, at least three.
-        let reps = (2_000_000 / count.max(1)).clamp(3, 200);
-        let mut times = Vec::with_capacity(reps);
-        let mut reached = 0;
-        for _ in 0..reps {
-            let started = Instant::now();
-            let radius = graph.blast_radius(&root, None, 0);
-            times.push(started.elapsed());
-            reached = radius.map_or(0, |r| r.nodes.len());
-        }
-        times.sort_unstable();
-        let median = times[times.len() / 2];
-        json!({
-            "nodes": count, "edges": graph.edge_count(), "reached": reached, "runs": reps,
-            "graph_build_ms": build.as_secs_f64() * 1e3,
-            "blast_radius_ms": median.as_secs_f64() * 1e3,
-        })
-    })
-    .await
-    .map_err(failed)
+/// What one replica run measured.
+struct ReplicaRun {
+    ingest_per_s: f64,
+    rollbacks_per_s: f64,
+    completed: usize,
 }
 
-/// Ingests `batches` through `n` replicas of `unwind serve` sharing one fresh database on
-/// `server`; returns tokens per second of wall time.
-async fn replica_ingest(
+/// Through `n` replicas of `unwind serve` sharing one fresh database on `server`: ingests
+/// `batches` (tokens per second of wall time), then runs the rollbacks of
+/// [`replica_rollbacks`].
+async fn replica_run(
     server: &str,
     n: usize,
-    key: &crate::ect::SigningKey,
+    key: &Arc<crate::ect::SigningKey>,
     batches: Arc<Vec<Vec<String>>>,
-) -> Result<f64, CliError> {
+    sizes: &Sizes,
+) -> Result<ReplicaRun, CliError> {
     let dir =
         std::env::temp_dir().join(format!("unwind-replicas-{}", uuid::Uuid::new_v4().simple()));
     tokio::fs::create_dir_all(&dir).await.map_err(failed)?;
     let (db_url, name) = fresh_postgres_database(server).await?;
     let result = async {
-        let config = write_replica_config(&dir, &db_url, key).await?;
+        let config = write_replica_config(&dir, &db_url, key.as_ref()).await?;
         let exe = std::env::current_exe().map_err(failed)?;
         // Migrations once, before the replicas start.
         let out = tokio::process::Command::new(&exe)
@@ -436,14 +452,125 @@ async fn replica_ingest(
         }
         let total: usize = batches.iter().map(Vec::len).sum();
         let (elapsed, _) = ingest_batches(&client, &bases, batches, REPLICA_CLIENTS).await?;
+        let ingest_per_s = total as f64 / elapsed.as_secs_f64();
+        let rollbacks = replica_rollbacks(&client, &bases, key, sizes).await;
         for mut c in children {
             let _ = c.kill().await;
         }
-        Ok(total as f64 / elapsed.as_secs_f64())
+        let (rollbacks_per_s, completed) = rollbacks?;
+        Ok(ReplicaRun {
+            ingest_per_s,
+            rollbacks_per_s,
+            completed,
+        })
     }
     .await;
     drop_postgres_database(server, &name).await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
+    result
+}
+
+/// `sizes.replica_rollbacks` workflows, each a root checkpoint with `replica_tree` levels
+/// below it against stub agents answering in [`AGENT_DELAY_MS`], ingested and then all rolled
+/// back at once, the requests spread over `bases`. Returns rollbacks settled per second of wall
+/// time (from the first request to the last settled rollback) and how many completed.
+async fn replica_rollbacks(
+    client: &reqwest::Client,
+    bases: &[String],
+    key: &Arc<crate::ect::SigningKey>,
+    sizes: &Sizes,
+) -> Result<(f64, usize), CliError> {
+    let mut agents = Vec::new();
+    for _ in 0..sizes.agents {
+        agents.push(super::rollback::stub_agent(Duration::from_millis(AGENT_DELAY_MS)).await?);
+    }
+    let uris: Vec<String> = agents.iter().map(|(u, _)| u.clone()).collect();
+    let result = async {
+        let (levels, width) = sizes.replica_tree;
+        let mut roots = Vec::new();
+        for i in 0..sizes.replica_rollbacks {
+            let (root, tokens) =
+                super::rollback::workflow(key.clone(), &uris, levels, width).await?;
+            let base = &bases[i % bases.len()];
+            let body: Value = client
+                .post(format!("{base}/v1/ects"))
+                .bearer_auth(BENCH_TOKEN)
+                .json(&json!({ "tokens": tokens }))
+                .send()
+                .await
+                .map_err(failed)?
+                .json()
+                .await
+                .map_err(failed)?;
+            if let Some(bad) = body["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| x["status"] == "rejected")
+            {
+                return Err(CliError::Failed(format!("ingest refused a token: {bad}")));
+            }
+            roots.push((base.clone(), root));
+        }
+        let started = Instant::now();
+        let requests = roots.iter().map(|(base, root)| async move {
+            let r = client
+                .post(format!("{base}/v1/rollbacks"))
+                .bearer_auth(BENCH_TOKEN)
+                .json(&json!({ "checkpoint_id": root, "scope": "sub_dag" }))
+                .send()
+                .await
+                .map_err(failed)?;
+            let status = r.status();
+            let body: Value = r.json().await.map_err(failed)?;
+            body["rollback_id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| failed(format!("rollback request answered {status}: {body}")))
+        });
+        let ids: std::collections::HashSet<String> = futures::future::try_join_all(requests)
+            .await?
+            .into_iter()
+            .collect();
+        // One list request per sweep: the fresh database holds only these rollbacks.
+        loop {
+            let page: Value = client
+                .get(format!("{}/v1/rollbacks?limit=1000", bases[0]))
+                .bearer_auth(BENCH_TOKEN)
+                .send()
+                .await
+                .map_err(failed)?
+                .json()
+                .await
+                .map_err(failed)?;
+            let ours: Vec<&Value> = page["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["rollback_id"].as_str().is_some_and(|id| ids.contains(id)))
+                .collect();
+            let settled = ours
+                .iter()
+                .filter(|r| super::rollback::is_settled(r["status"].as_str().unwrap_or_default()))
+                .count();
+            if settled == ids.len() {
+                let elapsed = started.elapsed().as_secs_f64();
+                let completed = ours.iter().filter(|r| r["status"] == "completed").count();
+                return Ok((ids.len() as f64 / elapsed, completed));
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err(CliError::Failed(format!(
+                    "{settled} of {} rollbacks settled after 300 s",
+                    ids.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    .await;
+    for (_, task) in agents {
+        task.abort();
+    }
     result
 }
 

@@ -6,6 +6,7 @@
 //! a worst case.
 
 mod all;
+mod blast;
 mod ingest;
 mod plot;
 mod rollback;

@@ -3,6 +3,7 @@
 //! delay, beside its lower bound: every level waits for the one below it, and at most
 //! `--concurrency` calls run at once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -12,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::{AGENT, BENCH_TOKEN, BenchService, failed};
 use crate::cli::CliError;
-use crate::ect::Profile;
+use crate::ect::{Profile, SigningKey};
 
 #[derive(Debug, Clone, Args)]
 pub struct RollbackArgs {
@@ -84,8 +85,18 @@ pub async fn run(args: RollbackArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A status the bench stops waiting at: terminal, or waiting for a person.
+pub(super) fn is_settled(status: &str) -> bool {
+    matches!(
+        status,
+        "completed" | "partial" | "failed" | "aborted" | "superseded" | "awaiting_decision"
+    )
+}
+
 /// A stub agent: answers after `delay`, without checking anything (the coordinator is measured).
-async fn stub_agent(delay: Duration) -> Result<(String, tokio::task::JoinHandle<()>), CliError> {
+pub(super) async fn stub_agent(
+    delay: Duration,
+) -> Result<(String, tokio::task::JoinHandle<()>), CliError> {
     let answer = move |status: &'static str| async move {
         tokio::time::sleep(delay).await;
         axum::Json(json!({ "status": status }))
@@ -135,7 +146,7 @@ pub(super) async fn measure(
             "run {}: building a workflow of {steps} checkpoints…",
             run + 1
         );
-        let (root, tokens) = workflow(service, &uris, args.levels, width).await?;
+        let (root, tokens) = workflow(service.key.clone(), &uris, args.levels, width).await?;
         for batch in tokens.chunks(1000) {
             let r = client
                 .post(format!("{}/v1/ects", service.base))
@@ -181,10 +192,7 @@ pub(super) async fn measure(
                 .await
                 .map_err(failed)?;
             let status = r["status"].as_str().unwrap_or_default().to_string();
-            if matches!(
-                status.as_str(),
-                "completed" | "partial" | "failed" | "aborted" | "superseded" | "awaiting_decision"
-            ) {
+            if is_settled(&status) {
                 break status;
             }
             if started.elapsed() > Duration::from_secs(300) {
@@ -215,13 +223,12 @@ pub(super) async fn measure(
 
 /// A root checkpoint and `levels` levels of `width` checkpoints, each below one of the level
 /// above; agents dealt out round-robin. Returns the root's jti and the signed tokens.
-async fn workflow(
-    service: &BenchService,
+pub(super) async fn workflow(
+    key: Arc<SigningKey>,
     uris: &[String],
     levels: usize,
     width: usize,
 ) -> Result<(String, Vec<String>), CliError> {
-    let key = service.key.clone();
     let uris = uris.to_vec();
     tokio::task::spawn_blocking(move || {
         let wid = uuid::Uuid::new_v4().to_string();
