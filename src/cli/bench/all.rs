@@ -4,11 +4,12 @@
 //! - ingest throughput (batches of 500) beside twice the raw ES256 verification rate measured in
 //!   the same run, and single-token p99 at a fixed rate ([`super::ingest`]);
 //! - blast radius on the synthetic workflows the criterion bench uses
-//!   ([`crate::dag::synthetic::layered`]), 10 k and 1 M nodes;
+//!   ([`crate::dag::synthetic::layered`]), 10 k and 1 M nodes, beside the time to load them
+//!   from the store ([`super::blast`]);
 //! - a rollback of 1,000 checkpoints in 10 levels against 10 ms agents beside its lower bound
 //!   ([`super::rollback`]);
-//! - ingest with 1 and 3 `unwind serve` replicas (child processes of this executable) on one
-//!   fresh PostgreSQL database, the same tokens spread over them.
+//! - ingest and rollback throughput with 1 and 3 `unwind serve` replicas (child processes of
+//!   this executable) on one fresh PostgreSQL database, the same load spread over them.
 
 use std::path::Path;
 use std::process::Stdio;
