@@ -576,7 +576,8 @@ async fn replica_rollbacks(
 }
 
 /// The replicas' configuration: the bench agent key trusted, the bench operator token, quiet
-/// logs (the bench measures, it does not debug).
+/// logs (the bench measures, it does not debug), and a rollback request rate limit above what
+/// the bench asks for at once.
 async fn write_replica_config(
     dir: &Path,
     database_url: &str,
@@ -592,7 +593,7 @@ async fn write_replica_config(
     // TOML basic strings take JSON string escapes, so serde_json quotes them.
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let toml = format!(
-        "database_url = {}\n\n[log]\nlevel = \"warn\"\n\n[[trust.issuers]]\nid = {}\njwks_file = {}\nrollback_hosts = [\"127.0.0.1\"]\nallow_http = true\n\n[[auth.tokens]]\nname = \"bench\"\nrole = \"operator\"\nsha256 = {}\n",
+        "database_url = {}\n\n[log]\nlevel = \"warn\"\n\n[rollback]\nrequests_per_s = 10000\nrequests_burst = 10000\n\n[[trust.issuers]]\nid = {}\njwks_file = {}\nrollback_hosts = [\"127.0.0.1\"]\nallow_http = true\n\n[[auth.tokens]]\nname = \"bench\"\nrole = \"operator\"\nsha256 = {}\n",
         q(database_url),
         q(&format!("{AGENT}*")),
         q(&jwks.display().to_string()),
