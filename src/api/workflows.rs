@@ -160,7 +160,7 @@ async fn load_graph(state: &AppState, wid: &str) -> Result<WorkflowGraph, ApiErr
         return Err(ApiError::not_found(format!("no workflow {wid}")));
     }
     let nodes = state.store.workflow_nodes(wid).await?;
-    Ok(WorkflowGraph::from_nodes(Some(wid.to_string()), nodes))
+    Ok(WorkflowGraph::build(Some(wid.to_string()), nodes).await)
 }
 
 /// Everything downstream of a token: nodes, agents, checkpoints (with reversibility and
@@ -185,16 +185,20 @@ async fn blast_radius(
         Some(wid) => state.store.workflow_nodes(wid).await?,
         None => state.store.unscoped_nodes().await?,
     };
-    let graph = WorkflowGraph::from_nodes(record.wid.clone(), nodes);
-    let now = chrono::Utc::now().timestamp();
-    graph
-        .blast_radius(&jti, q.max_depth, now)
-        .map(axum::Json)
-        .ok_or_else(|| {
-            ApiError::internal(format!(
-                "ECT {jti} is stored but missing from its workflow graph"
-            ))
-        })
+    // Building and walking a large workflow is CPU work: off the runtime's workers.
+    let wid = record.wid.clone();
+    let root = jti.clone();
+    let radius = tokio::task::spawn_blocking(move || {
+        let graph = WorkflowGraph::from_nodes(wid, nodes);
+        graph.blast_radius(&root, q.max_depth, chrono::Utc::now().timestamp())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("blast radius: {e}")))?;
+    radius.map(axum::Json).ok_or_else(|| {
+        ApiError::internal(format!(
+            "ECT {jti} is stored but missing from its workflow graph"
+        ))
+    })
 }
 
 /// `format` of the document `GET /v1/workflows/{wid}/export` answers and `unwind verify` reads.

@@ -270,7 +270,7 @@ impl CascadeDetector {
             Some(wid) => self.store.workflow_nodes(wid).await?,
             None => self.store.unscoped_nodes().await?,
         };
-        let graph = WorkflowGraph::from_nodes(d.wid.clone(), nodes);
+        let graph = WorkflowGraph::build(d.wid.clone(), nodes).await;
         let now = chrono::Utc::now().timestamp();
         let radius = graph.blast_radius(&d.root_cause, None, now);
         let (blast_radius, radius_agents) = radius

@@ -34,6 +34,18 @@ pub struct WorkflowGraph {
 }
 
 impl WorkflowGraph {
+    /// [`WorkflowGraph::from_nodes`] on a blocking thread: a workflow of a million nodes takes
+    /// about a second of CPU to build, which must not stall the runtime's workers (every caller
+    /// is a request or a task on them).
+    pub async fn build(wid: Option<String>, nodes: Vec<DagNode>) -> Self {
+        match tokio::task::spawn_blocking(move || Self::from_nodes(wid, nodes)).await {
+            Ok(graph) => graph,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down, and so is the caller.
+            Err(_) => Self::from_nodes(None, Vec::new()),
+        }
+    }
+
     /// Builds the graph of one workflow.
     ///
     /// A parent that is not among `nodes` is ignored (it belongs to no node of this workflow), a

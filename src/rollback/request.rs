@@ -114,7 +114,7 @@ pub async fn submit(
     let Some(wid) = record.wid.clone() else {
         return Err(RequestError::Invalid(format!("ECT {named} belongs to no workflow")).into());
     };
-    let graph = WorkflowGraph::from_nodes(Some(wid.clone()), store.workflow_nodes(&wid).await?);
+    let graph = WorkflowGraph::build(Some(wid.clone()), store.workflow_nodes(&wid).await?).await;
     let now = Utc::now();
     let plan = planner::plan(&graph, &target, scope, now.timestamp()).map_err(|e| match e {
         PlanError::NotFound(j) => RequestError::NotFound(format!("no ECT with jti {j}")),

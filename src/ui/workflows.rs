@@ -116,7 +116,7 @@ pub async fn show(
     };
     let rollbacks = workflow_rollbacks(&state, &wid).await?;
     let marks = RollbackMarks::from(&rollbacks);
-    let graph = WorkflowGraph::from_nodes(Some(wid.clone()), nodes);
+    let graph = WorkflowGraph::build(Some(wid.clone()), nodes).await;
     let now = chrono::Utc::now().timestamp();
     let selected = q.node.as_deref().filter(|jti| graph.contains(jti));
     let blast = selected.and_then(|jti| graph.blast_radius(jti, None, now));
