@@ -493,57 +493,22 @@ async fn replica_rollbacks(
             let (root, tokens) =
                 super::rollback::workflow(key.clone(), &uris, levels, width).await?;
             let base = &bases[i % bases.len()];
-            let body: Value = client
-                .post(format!("{base}/v1/ects"))
-                .bearer_auth(BENCH_TOKEN)
-                .json(&json!({ "tokens": tokens }))
-                .send()
-                .await
-                .map_err(failed)?
-                .json()
-                .await
-                .map_err(failed)?;
-            if let Some(bad) = body["results"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|x| x["status"] == "rejected")
-            {
-                return Err(CliError::Failed(format!("ingest refused a token: {bad}")));
-            }
+            super::rollback::ingest_all(client, base, &tokens).await?;
             roots.push((base.clone(), root));
         }
         let started = Instant::now();
-        let requests = roots.iter().map(|(base, root)| async move {
-            let r = client
-                .post(format!("{base}/v1/rollbacks"))
-                .bearer_auth(BENCH_TOKEN)
-                .json(&json!({ "checkpoint_id": root, "scope": "sub_dag" }))
-                .send()
-                .await
-                .map_err(failed)?;
-            let status = r.status();
-            let body: Value = r.json().await.map_err(failed)?;
-            body["rollback_id"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| failed(format!("rollback request answered {status}: {body}")))
-        });
+        let requests = roots
+            .iter()
+            .map(|(base, root)| super::rollback::request_rollback(client, base, root));
         let ids: std::collections::HashSet<String> = futures::future::try_join_all(requests)
             .await?
             .into_iter()
             .collect();
         // One list request per sweep: the fresh database holds only these rollbacks.
         loop {
-            let page: Value = client
-                .get(format!("{}/v1/rollbacks?limit=1000", bases[0]))
-                .bearer_auth(BENCH_TOKEN)
-                .send()
-                .await
-                .map_err(failed)?
-                .json()
-                .await
-                .map_err(failed)?;
+            let page =
+                super::rollback::get_json(client, &format!("{}/v1/rollbacks?limit=1000", bases[0]))
+                    .await?;
             let ours: Vec<&Value> = page["items"]
                 .as_array()
                 .into_iter()

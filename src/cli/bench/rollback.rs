@@ -85,6 +85,67 @@ pub async fn run(args: RollbackArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Posts `tokens` as one batch to `base`; an error when any is refused.
+pub(super) async fn ingest_all(
+    client: &reqwest::Client,
+    base: &str,
+    tokens: &[String],
+) -> Result<(), CliError> {
+    let body: Value = client
+        .post(format!("{base}/v1/ects"))
+        .bearer_auth(BENCH_TOKEN)
+        .json(&json!({ "tokens": tokens }))
+        .send()
+        .await
+        .map_err(failed)?
+        .json()
+        .await
+        .map_err(failed)?;
+    match body["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["status"] == "rejected")
+    {
+        Some(bad) => Err(CliError::Failed(format!("ingest refused a token: {bad}"))),
+        None => Ok(()),
+    }
+}
+
+/// Asks `base` for a `sub_dag` rollback from `root`; its `rollback_id`.
+pub(super) async fn request_rollback(
+    client: &reqwest::Client,
+    base: &str,
+    root: &str,
+) -> Result<String, CliError> {
+    let r = client
+        .post(format!("{base}/v1/rollbacks"))
+        .bearer_auth(BENCH_TOKEN)
+        .json(&json!({ "checkpoint_id": root, "scope": "sub_dag" }))
+        .send()
+        .await
+        .map_err(failed)?;
+    let status = r.status();
+    let body: Value = r.json().await.map_err(failed)?;
+    body["rollback_id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| failed(format!("rollback request answered {status}: {body}")))
+}
+
+/// GET with the bench's operator token, as JSON.
+pub(super) async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, CliError> {
+    client
+        .get(url)
+        .bearer_auth(BENCH_TOKEN)
+        .send()
+        .await
+        .map_err(failed)?
+        .json()
+        .await
+        .map_err(failed)
+}
+
 /// A status the bench stops waiting at: terminal, or waiting for a person.
 pub(super) fn is_settled(status: &str) -> bool {
     matches!(
@@ -148,49 +209,13 @@ pub(super) async fn measure(
         );
         let (root, tokens) = workflow(service.key.clone(), &uris, args.levels, width).await?;
         for batch in tokens.chunks(1000) {
-            let r = client
-                .post(format!("{}/v1/ects", service.base))
-                .bearer_auth(BENCH_TOKEN)
-                .json(&json!({ "tokens": batch }))
-                .send()
-                .await
-                .map_err(failed)?;
-            let body: Value = r.json().await.map_err(failed)?;
-            let bad = body["results"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|x| x["status"] == "rejected");
-            if let Some(bad) = bad {
-                return Err(CliError::Failed(format!("ingest refused a token: {bad}")));
-            }
+            ingest_all(&client, &service.base, batch).await?;
         }
         let started = Instant::now();
-        let created: Value = client
-            .post(format!("{}/v1/rollbacks", service.base))
-            .bearer_auth(BENCH_TOKEN)
-            .json(&json!({ "checkpoint_id": root, "scope": "sub_dag" }))
-            .send()
-            .await
-            .map_err(failed)?
-            .json()
-            .await
-            .map_err(failed)?;
-        let id = created["rollback_id"]
-            .as_str()
-            .ok_or_else(|| failed(format!("no rollback: {created}")))?
-            .to_string();
+        let id = request_rollback(&client, &service.base, &root).await?;
         let status = loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let r: Value = client
-                .get(format!("{}/v1/rollbacks/{id}", service.base))
-                .bearer_auth(BENCH_TOKEN)
-                .send()
-                .await
-                .map_err(failed)?
-                .json()
-                .await
-                .map_err(failed)?;
+            let r = get_json(&client, &format!("{}/v1/rollbacks/{id}", service.base)).await?;
             let status = r["status"].as_str().unwrap_or_default().to_string();
             if is_settled(&status) {
                 break status;
