@@ -548,13 +548,7 @@ async fn write_replica_config(
     database_url: &str,
     key: &crate::ect::SigningKey,
 ) -> Result<std::path::PathBuf, CliError> {
-    let jwks = dir.join("agents.jwks.json");
-    tokio::fs::write(
-        &jwks,
-        serde_json::to_vec(&key.public_jwks()).map_err(failed)?,
-    )
-    .await
-    .map_err(failed)?;
+    let jwks = super::write_agent_jwks(dir, key).await?;
     // TOML basic strings take JSON string escapes, so serde_json quotes them.
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let toml = format!(

@@ -75,6 +75,19 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes the public JWKS of the bench's agent key into `dir`; the file's path (what the
+/// services under measurement trust).
+async fn write_agent_jwks(dir: &std::path::Path, key: &SigningKey) -> Result<PathBuf, CliError> {
+    let jwks = dir.join("agents.jwks.json");
+    tokio::fs::write(
+        &jwks,
+        serde_json::to_vec(&key.public_jwks()).map_err(failed)?,
+    )
+    .await
+    .map_err(failed)?;
+    Ok(jwks)
+}
+
 /// The service under measurement, with a trusted agent key and an operator token.
 struct BenchService {
     base: String,
@@ -107,13 +120,7 @@ impl BenchService {
             None => (format!("sqlite://{}", dir.join("bench.db").display()), None),
         };
         let key = SigningKey::generate(KeyAlg::ES256).map_err(failed)?;
-        let jwks = dir.join("agents.jwks.json");
-        tokio::fs::write(
-            &jwks,
-            serde_json::to_vec(&key.public_jwks()).map_err(failed)?,
-        )
-        .await
-        .map_err(failed)?;
+        let jwks = write_agent_jwks(&dir, &key).await?;
         let mut config = Config {
             listen: "127.0.0.1:0".parse().map_err(failed)?,
             database_url: Some(url.clone()),
