@@ -417,6 +417,15 @@ impl Config {
         if self.coordinator_id.trim().is_empty() {
             return Err(key_error("coordinator_id", "must not be empty"));
         }
+        if let Err(why) = crate::ect::spiffe::IdPattern::parse(&self.coordinator_id) {
+            return Err(key_error("coordinator_id", why.why));
+        }
+        if self.coordinator_id.contains('*') {
+            return Err(key_error(
+                "coordinator_id",
+                "must be an exact id, not a pattern",
+            ));
+        }
         if self.ect.algorithms.is_empty() {
             return Err(key_error(
                 "ect.algorithms",
@@ -448,13 +457,16 @@ impl Config {
             if issuer.id.is_empty() {
                 return Err(key_error(&key("id"), "must not be empty"));
             }
-            if issuer.id.contains('*')
-                && !(issuer.id.ends_with("/*") && issuer.id.matches('*').count() == 1)
-            {
-                return Err(key_error(
-                    &key("id"),
-                    "a pattern must end in `/*` and have no other `*`",
-                ));
+            if let Err(e) = crate::ect::spiffe::IdPattern::parse(&issuer.id) {
+                return Err(key_error(&key("id"), e.why));
+            }
+            for pattern in issuer.link_to.iter().flatten() {
+                if let Err(e) = crate::ect::spiffe::IdPattern::parse(pattern) {
+                    return Err(key_error(&key("link_to"), e.to_string()));
+                }
+            }
+            if issuer.requests_per_s == Some(0) {
+                return Err(key_error(&key("requests_per_s"), "must be at least 1"));
             }
             match (&issuer.jwks_file, &issuer.jwks_url) {
                 (None, None) => {
@@ -746,6 +758,26 @@ allow_http = true
                 "[[trust.issuers]]\nid = \"spiffe://*/x\"\njwks_url = \"https://k\"",
                 &[],
                 "trust.issuers[0].id",
+            ),
+            (
+                "[[trust.issuers]]\nid = \"https://agents.example/*\"\njwks_url = \"https://k\"",
+                &[],
+                "trust.issuers[0].id",
+            ),
+            (
+                "[[trust.issuers]]\nid = \"spiffe://x/agent/../admin\"\njwks_url = \"https://k\"",
+                &[],
+                "trust.issuers[0].id",
+            ),
+            (
+                "[[trust.issuers]]\nid = \"spiffe://x/*\"\njwks_url = \"https://k\"\nlink_to = [\"spiffe://y/*/z\"]",
+                &[],
+                "trust.issuers[0].link_to",
+            ),
+            (
+                "coordinator_id = \"spiffe://X/coordinator\"",
+                &[],
+                "coordinator_id",
             ),
             (
                 "[[auth.tokens]]\nname = \"ops\"\nrole = \"operator\"\nsha256 = \"abc\"",

@@ -44,12 +44,67 @@ pub struct IngestResult {
     /// The token's entry in the ledger's hash chain (the original entry for a duplicate);
     /// `None` when it was refused.
     pub entry: Option<ChainEntry>,
+    /// Refused only because the rest of its request was (see [`Atomicity`]).
+    pub withheld: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which tokens of one request are stored only together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomicity {
+    /// Each token on its own (a plain batch).
+    PerToken,
+    /// The first `context` tokens are the caller's `Execution-Context` and the rest its body.
+    /// A refused context stores nothing; a refused single body stores no context; in a batch
+    /// the context is stored only if some body item succeeds. Nothing is written for a
+    /// request that is refused.
+    WithContext { context: usize, single_body: bool },
+}
+
+impl Atomicity {
+    /// Why nothing of the request may be stored, given each token's outcome before the
+    /// append: the first refused context token, or a refused single body, or (batch) a body
+    /// in which every item was refused. Tokens withheld with a refused request get the
+    /// returned rejection as their outcome.
+    fn refusal(self, outcomes: &[Result<IngestStatus, Rejection>]) -> Option<Rejection> {
+        let Self::WithContext {
+            context,
+            single_body,
+        } = self
+        else {
+            return None;
+        };
+        let (context, body) = outcomes.split_at(context.min(outcomes.len()));
+        if let Some(refused) = context.iter().find_map(|o| o.as_ref().err()) {
+            return Some(Rejection::new(
+                refused.code,
+                format!(
+                    "not recorded: the Execution-Context was refused ({})",
+                    refused.detail
+                ),
+            ));
+        }
+        if context.is_empty() || body.iter().any(|o| o.is_ok()) {
+            return None;
+        }
+        let first = body.iter().find_map(|o| o.as_ref().err())?;
+        Some(Rejection::new(
+            first.code,
+            if single_body {
+                format!(
+                    "not recorded: the body token was refused ({})",
+                    first.detail
+                )
+            } else {
+                "not recorded: every token of the batch was refused".to_string()
+            },
+        ))
+    }
 }
 
 /// How many times a batch is checked again after losing a `jti` race inside the store.
@@ -107,10 +162,22 @@ impl Ledger {
 
     /// Ingests a batch; one result per token, in input order.
     pub async fn ingest(&self, tokens: &[String]) -> Result<Vec<IngestResult>, LedgerError> {
+        self.ingest_request(tokens, Atomicity::PerToken).await
+    }
+
+    /// Ingests the tokens of one request, storing together what `atomicity` says; one result
+    /// per token, in input order. A token withheld because the rest of its request was
+    /// refused is refused too (`withheld`); a refused `Execution-Context` token keeps its own
+    /// refusal.
+    pub async fn ingest_request(
+        &self,
+        tokens: &[String],
+        atomicity: Atomicity,
+    ) -> Result<Vec<IngestResult>, LedgerError> {
         let started = Instant::now();
         let now = chrono::Utc::now().timestamp();
         let verified = self.verifier.verify_batch(tokens, now).await;
-        let results = self.ingest_verified(verified).await?;
+        let results = self.ingest_checked(verified, atomicity).await?;
         for result in &results {
             let label = match &result.outcome {
                 Ok(status) => status.as_str(),
@@ -127,10 +194,18 @@ impl Ledger {
         &self,
         verified: Vec<Result<VerifiedEct, Rejection>>,
     ) -> Result<Vec<IngestResult>, LedgerError> {
+        self.ingest_checked(verified, Atomicity::PerToken).await
+    }
+
+    async fn ingest_checked(
+        &self,
+        verified: Vec<Result<VerifiedEct, Rejection>>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<IngestResult>, LedgerError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.check_and_append(&verified).await {
+            match self.check_and_append(&verified, atomicity).await {
                 Err(LedgerError::Store(StoreError::JtiConflict(jti)))
                     if attempt < APPEND_ATTEMPTS =>
                 {
@@ -144,6 +219,7 @@ impl Ledger {
     async fn check_and_append(
         &self,
         verified: &[Result<VerifiedEct, Rejection>],
+        atomicity: Atomicity,
     ) -> Result<Vec<IngestResult>, LedgerError> {
         let mut results: Vec<IngestResult> = verified
             .iter()
@@ -154,6 +230,7 @@ impl Ledger {
                     Err(rejection) => Err(rejection.clone()),
                 },
                 entry: None,
+                withheld: false,
             })
             .collect();
 
@@ -221,7 +298,7 @@ impl Ledger {
             .collect();
 
         // Parents accepted earlier in this batch.
-        let mut accepted: HashMap<&str, (Option<&str>, i64)> = HashMap::new();
+        let mut accepted: HashMap<&str, Parent<'_>> = HashMap::new();
         let mut to_append: Vec<(usize, NewEct)> = Vec::new();
         let mut duplicates: Vec<usize> = Vec::new();
         for &k in &order.order {
@@ -234,10 +311,33 @@ impl Ledger {
                     // A duplicate is in the ledger: children later in the batch may use it.
                 }
                 Ok(_) => {
-                    accepted.insert(&e.jti, (e.wid.as_deref(), e.iat));
+                    accepted.insert(
+                        &e.jti,
+                        Parent {
+                            wid: e.wid.as_deref(),
+                            iss: &e.iss,
+                            iat: e.iat,
+                        },
+                    );
                     to_append.push((i, new_ect(e)));
                 }
                 Err(rejection) => results[i].outcome = Err(rejection),
+            }
+        }
+
+        // Repeats inside the batch take their first's outcome, so the request's refusal is
+        // decided on what the checks said of each token before anything is written.
+        let mut before_append: Vec<Result<IngestStatus, Rejection>> =
+            results.iter().map(|r| r.outcome.clone()).collect();
+        for &(i, first) in &repeats {
+            if let (Some(e), Some(f)) = (ect(i), ect(first)) {
+                before_append[i] = repeat_outcome(e, f, &before_append[first]);
+            }
+        }
+        if let Some(refusal) = atomicity.refusal(&before_append) {
+            for (i, _) in to_append.drain(..) {
+                results[i].outcome = Err(refusal.clone());
+                results[i].withheld = true;
             }
         }
 
@@ -281,20 +381,8 @@ impl Ledger {
             let (Some(e), Some(f)) = (ect(i), ect(first)) else {
                 continue;
             };
-            results[i].outcome = if e.content_hash != f.content_hash {
-                Err(Rejection::new(
-                    RejectCode::JtiConflict,
-                    format!(
-                        "jti {} appears earlier in the batch with other content",
-                        e.jti
-                    ),
-                ))
-            } else {
-                match &results[first].outcome {
-                    Ok(_) => Ok(IngestStatus::Duplicate),
-                    Err(rejection) => Err(rejection.clone()),
-                }
-            };
+            results[i].outcome = repeat_outcome(e, f, &results[first].outcome);
+            results[i].withheld = results[first].withheld;
             results[i].entry = match results[i].outcome {
                 Ok(_) => results[first].entry.clone(),
                 Err(_) => None,
@@ -309,7 +397,7 @@ impl Ledger {
         &self,
         e: &VerifiedEct,
         stored: &HashMap<String, EctMeta>,
-        accepted: &HashMap<&str, (Option<&str>, i64)>,
+        accepted: &HashMap<&str, Parent<'_>>,
         terminated: &HashSet<String>,
     ) -> Result<Option<IngestStatus>, Rejection> {
         if let Some(existing) = stored.get(&e.jti) {
@@ -333,7 +421,11 @@ impl Ledger {
         let mut parents = Vec::with_capacity(e.parents.len());
         for parent in &e.parents {
             let found = match stored.get(parent) {
-                Some(meta) => Some((meta.wid.as_deref(), meta.iat)),
+                Some(meta) => Some(Parent {
+                    wid: meta.wid.as_deref(),
+                    iss: &meta.iss,
+                    iat: meta.iat,
+                }),
                 None => accepted.get(parent.as_str()).copied(),
             };
             match found {
@@ -346,7 +438,7 @@ impl Ledger {
                 }
             }
         }
-        for (parent, (wid, _)) in &parents {
+        for (parent, Parent { wid, .. }) in &parents {
             if *wid != e.wid.as_deref() {
                 return Err(Rejection::new(
                     RejectCode::WidMismatch,
@@ -358,7 +450,23 @@ impl Ledger {
                 ));
             }
         }
-        for (parent, (_, iat)) in &parents {
+        // A trust entry names whose nodes its agents may build on (`link_to`): joining another
+        // team's workflow by naming its node would give standing over that team's checkpoints.
+        if Some(e.iss.as_str()) != self.own_issuer.as_deref() {
+            let trust = self.verifier.trust();
+            for (parent, Parent { iss, .. }) in &parents {
+                if Some(*iss) == self.own_issuer.as_deref() {
+                    continue;
+                }
+                if let Err(why) = trust.may_link(&e.iss, iss) {
+                    return Err(Rejection::new(
+                        RejectCode::ParentNotLinkable,
+                        format!("parent {parent} was issued by {iss}: {why}"),
+                    ));
+                }
+            }
+        }
+        for (parent, Parent { iat, .. }) in &parents {
             if *iat > e.iat.saturating_add(self.clock_skew_s) {
                 return Err(Rejection::new(
                     RejectCode::ParentAfterChild,
@@ -371,6 +479,36 @@ impl Ledger {
         }
         Ok(None)
     }
+}
+
+/// The outcome of a token whose `jti` came earlier in the batch (`first`): a duplicate of it,
+/// or a conflict when the content differs.
+fn repeat_outcome(
+    e: &VerifiedEct,
+    first: &VerifiedEct,
+    first_outcome: &Result<IngestStatus, Rejection>,
+) -> Result<IngestStatus, Rejection> {
+    if e.content_hash != first.content_hash {
+        return Err(Rejection::new(
+            RejectCode::JtiConflict,
+            format!(
+                "jti {} appears earlier in the batch with other content",
+                e.jti
+            ),
+        ));
+    }
+    match first_outcome {
+        Ok(_) => Ok(IngestStatus::Duplicate),
+        Err(rejection) => Err(rejection.clone()),
+    }
+}
+
+/// What the DAG rules need of a parent, stored or accepted earlier in the batch.
+#[derive(Debug, Clone, Copy)]
+struct Parent<'a> {
+    wid: Option<&'a str>,
+    iss: &'a str,
+    iat: i64,
 }
 
 /// The row to append for a verified token.

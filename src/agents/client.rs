@@ -581,21 +581,12 @@ impl AgentClient {
         self.trust
             .rollback_uri_allowed(call.agent, call.rollback_uri)
             .map_err(|r| CallError::new(CallError::HOST_NOT_ALLOWED, r.detail))?;
-        let mut url = reqwest::Url::parse(call.rollback_uri).map_err(|e| {
+        let mut url = crate::ect::trust::parse_rollback_uri(call.rollback_uri).map_err(|why| {
             CallError::new(
                 CallError::BAD_URI,
-                format!("rollback_uri `{}`: {e}", call.rollback_uri),
+                format!("`{}`: {why}", call.rollback_uri),
             )
         })?;
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(CallError::new(
-                CallError::BAD_URI,
-                format!(
-                    "rollback_uri `{}` has a query or fragment; the prepare URL could not be derived from it",
-                    call.rollback_uri
-                ),
-            ));
-        }
         if phase == Phase::Prepare {
             let path = format!("{}/prepare", url.path().trim_end_matches('/'));
             url.set_path(&path);

@@ -15,7 +15,7 @@ use super::problem::Problem;
 use super::{ApiError, ApiPath, ApiQuery, AppState, Caller};
 use crate::config::Role;
 use crate::ect::Rejection;
-use crate::ledger::{IngestResult, IngestStatus};
+use crate::ledger::{Atomicity, IngestResult, IngestStatus};
 use crate::store::{EctFilter, EctRecord};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -204,18 +204,25 @@ async fn ingest(
     let n_context = context_tokens.len();
     let mut all = context_tokens;
     all.extend(body_tokens);
-    let mut results = state.ledger.ingest(&all).await?;
+    // The context is stored only with the body it came with (see `Atomicity`).
+    let atomicity = Atomicity::WithContext {
+        context: n_context,
+        single_body: single,
+    };
+    let mut results = state.ledger.ingest_request(&all, atomicity).await?;
     let mut body_results = results.split_off(n_context);
-    for result in &results {
-        if let Err(rejection) = &result.outcome {
-            return Err(ApiError::from(Rejection::new(
-                rejection.code,
-                format!(
-                    "Execution-Context token cannot be recorded: {}",
-                    rejection.detail
-                ),
-            )));
-        }
+    if let Some(rejection) = results
+        .iter()
+        .filter(|r| !r.withheld)
+        .find_map(|r| r.outcome.as_ref().err())
+    {
+        return Err(ApiError::from(Rejection::new(
+            rejection.code,
+            format!(
+                "Execution-Context token cannot be recorded: {}",
+                rejection.detail
+            ),
+        )));
     }
 
     let signer = ReceiptSigner::new(&state);
@@ -224,6 +231,7 @@ async fn ingest(
             jti,
             outcome,
             entry,
+            ..
         }) = body_results.into_iter().next()
         else {
             return Err(ApiError::internal("ingest returned no result"));

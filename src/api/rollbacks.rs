@@ -1,15 +1,17 @@
 //! `POST /v1/rollbacks`, `GET /v1/rollbacks[/{id}]`, `GET /v1/rollbacks/{id}/events` (SSE) and
 //! `POST /v1/rollbacks/{id}/decision`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -34,32 +36,71 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(decide))
 }
 
-/// Per-requester limit on rollback requests (429 with `Retry-After` beyond it).
-pub struct RequestLimiter(DefaultKeyedRateLimiter<String>);
+/// Limits on rollback requests (429 with `Retry-After` beyond them): per requester, and for
+/// agents also per trust entry, so a wildcard entry cannot mint fresh ids to evade its limit.
+pub struct RequestLimiter {
+    per_requester: DefaultKeyedRateLimiter<String>,
+    /// The default quota of a trust entry without `requests_per_s`.
+    default_quota: Quota,
+    per_entry: std::sync::Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+}
 
 impl RequestLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        Self(RateLimiter::keyed(
-            Quota::per_second(rate).allow_burst(burst),
-        ))
+        let quota = quota(per_second, burst);
+        Self {
+            per_requester: RateLimiter::keyed(quota),
+            default_quota: quota,
+            per_entry: Default::default(),
+        }
     }
 
-    fn check(&self, who: &str) -> Result<(), ApiError> {
-        self.0.check_key(&who.to_string()).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many rollback requests; slow down",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
-        })
+    /// One request of `who`; for an agent also one of its trust entry (`entry` id and the
+    /// entry's own rate, if it sets one).
+    fn check(&self, who: &str, entry: Option<(&str, Option<u32>)>) -> Result<(), ApiError> {
+        self.per_requester
+            .check_key(&who.to_string())
+            .map_err(|not_until| rate_limited(not_until.wait_time_from(now())))?;
+        if let Some((entry, rate)) = entry {
+            let limiter = {
+                let mut map = self
+                    .per_entry
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                map.entry(entry.to_owned())
+                    .or_insert_with(|| {
+                        let quota =
+                            rate.map_or(self.default_quota, |r| quota(r, r.saturating_mul(2)));
+                        Arc::new(RateLimiter::direct(quota))
+                    })
+                    .clone()
+            };
+            limiter
+                .check()
+                .map_err(|not_until| rate_limited(not_until.wait_time_from(now())))?;
+        }
+        Ok(())
     }
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+fn now() -> governor::clock::QuantaInstant {
+    governor::clock::Clock::now(&governor::clock::DefaultClock::default())
+}
+
+fn rate_limited(wait: Duration) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many rollback requests; slow down",
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
 }
 
 /// A step of the rollback resource.
@@ -246,7 +287,14 @@ pub(crate) async fn request_rollback(
             context_wids: tokens.iter().map(|t| t.wid.clone()).collect(),
         },
     };
-    state.rollback_limiter.check(requester.principal())?;
+    let trust = state.ledger.verifier().trust();
+    let entry = match &requester {
+        Requester::Agent { iss, .. } => trust
+            .entry_id(iss)
+            .map(|id| (id, trust.entry_requests_per_s(iss))),
+        Requester::Operator { .. } => None,
+    };
+    state.rollback_limiter.check(requester.principal(), entry)?;
     let outcome = submit(state.store.as_ref(), request, &requester)
         .await
         .map_err(|e| match e {

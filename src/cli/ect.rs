@@ -205,6 +205,7 @@ pub async fn ect(cmd: EctCommand) -> Result<(), CliError> {
                     jwks_url: None,
                     rollback_hosts: hosts,
                     allow_http: true,
+                    ..TrustIssuerConfig::default()
                 }],
                 ..TrustConfig::default()
             })

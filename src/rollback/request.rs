@@ -274,9 +274,8 @@ pub fn canonical_rollback_id(id: &str) -> Result<String, RequestError> {
     Ok(canonical)
 }
 
-/// An agent may ask only within its own workflow, and only for a checkpoint it is part of:
-/// it issued the checkpoint, or an ECT above or below it (design.md §8). A root ECT posted into
-/// the workflow without any link to the checkpoint does not count.
+/// An agent may ask only within its own workflow, and only for a checkpoint it has standing
+/// over ([`has_standing`]).
 fn authorize_agent(
     graph: &WorkflowGraph,
     checkpoint: &str,
@@ -289,21 +288,30 @@ fn authorize_agent(
             "the Execution-Context belongs to another workflow than the checkpoint".into(),
         ));
     }
-    let mut related: HashSet<String> = HashSet::new();
-    related.insert(checkpoint.to_string());
-    related.extend(graph.ancestors(checkpoint).unwrap_or_default());
-    related.extend(graph.descendants(checkpoint).unwrap_or_default());
-    let involved = related
-        .iter()
-        .filter_map(|jti| graph.node(jti))
-        .any(|node| node.iss == iss);
-    if involved {
+    if has_standing(graph, checkpoint, iss) {
         Ok(())
     } else {
         Err(RequestError::Forbidden(format!(
             "{iss} has no ECT linked to checkpoint {checkpoint} in this workflow"
         )))
     }
+}
+
+/// The standing rule: `iss` issued the checkpoint, or an ECT that is an ancestor or a
+/// descendant of it, recorded before the request (the graph is read for the request). A root
+/// ECT posted into the workflow without any link to the checkpoint does not count. Which nodes
+/// an agent may link to at all is the trust entry's `link_to` (checked at ingest); inside one
+/// trust domain an agent can still attach a child to a checkpoint and so gain standing
+/// (docs/security.md).
+pub fn has_standing(graph: &WorkflowGraph, checkpoint: &str, iss: &str) -> bool {
+    let mut related: HashSet<String> = HashSet::new();
+    related.insert(checkpoint.to_string());
+    related.extend(graph.ancestors(checkpoint).unwrap_or_default());
+    related.extend(graph.descendants(checkpoint).unwrap_or_default());
+    related
+        .iter()
+        .filter_map(|jti| graph.node(jti))
+        .any(|node| node.iss == iss)
 }
 
 #[cfg(test)]

@@ -147,6 +147,7 @@ impl EctRow {
 pub(crate) struct MetaRow {
     pub jti: String,
     pub wid: Option<String>,
+    pub iss: String,
     pub iat: i64,
     pub content_hash: String,
 }
@@ -156,6 +157,7 @@ impl From<MetaRow> for EctMeta {
         EctMeta {
             jti: r.jti,
             wid: r.wid,
+            iss: r.iss,
             iat: r.iat,
             content_hash: r.content_hash,
         }

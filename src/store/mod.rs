@@ -102,6 +102,7 @@ pub struct EctRecord {
 pub struct EctMeta {
     pub jti: String,
     pub wid: Option<String>,
+    pub iss: String,
     pub iat: i64,
     pub content_hash: String,
 }

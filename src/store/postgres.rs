@@ -401,7 +401,7 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let rows: Vec<MetaRow> =
-            sqlx::query_as("SELECT jti, wid, iat, content_hash FROM ects WHERE jti = ANY($1)")
+            sqlx::query_as("SELECT jti, wid, iss, iat, content_hash FROM ects WHERE jti = ANY($1)")
                 // Planned for each call: a cached generic plan made while the table was small
                 // keeps scanning it whole once it has grown (ingest slowed down tenfold).
                 .persistent(false)

@@ -341,7 +341,7 @@ impl Store for SqliteStore {
         let mut found = Vec::new();
         for chunk in jtis.chunks(CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT jti, wid, iat, content_hash FROM ects WHERE jti IN (",
+                "SELECT jti, wid, iss, iat, content_hash FROM ects WHERE jti IN (",
             );
             let mut list = qb.separated(", ");
             for jti in chunk {

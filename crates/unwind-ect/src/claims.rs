@@ -299,6 +299,8 @@ pub fn check_checkpoint(ect: &VerifiedEct, trust: &TrustStore) -> Result<(), Rej
     }
     let info = CheckpointInfo::from_ext(&ect.ext)?;
     if let Some(uri) = &info.rollback_uri {
+        crate::trust::parse_rollback_uri(uri)
+            .map_err(|why| Rejection::new(RejectCode::InvalidCheckpoint, why))?;
         trust.rollback_uri_allowed(&ect.iss, uri)?;
     }
     Ok(())

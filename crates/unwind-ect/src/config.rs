@@ -60,4 +60,11 @@ pub struct TrustIssuerConfig {
     pub rollback_hosts: Vec<String>,
     /// Allow plain `http` rollback URIs for these hosts (development, loopback).
     pub allow_http: bool,
+    /// Whose nodes this entry's agents may name as parents: trust entry ids or SPIFFE patterns
+    /// (`spiffe://other.org/team/*`). Absent: issuers of the entry's own trust domain. An
+    /// entry's own agents and Unwind's evidence are always linkable.
+    pub link_to: Option<Vec<String>>,
+    /// Rollback requests per second for all of this entry's agents together (burst: twice
+    /// this). Absent: `rollback.requests_per_s` / `requests_burst`.
+    pub requests_per_s: Option<u32>,
 }

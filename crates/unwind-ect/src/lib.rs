@@ -13,6 +13,7 @@ pub mod config;
 pub mod header;
 pub mod jws;
 pub mod keys;
+pub mod spiffe;
 pub mod trust;
 pub mod verify;
 
@@ -51,6 +52,7 @@ pub enum RejectCode {
     UnknownParent,
     WidMismatch,
     ParentAfterChild,
+    ParentNotLinkable,
     Cycle,
     WorkflowTerminated,
 }
@@ -76,6 +78,7 @@ impl RejectCode {
             Self::UnknownParent => "unknown_parent",
             Self::WidMismatch => "wid_mismatch",
             Self::ParentAfterChild => "parent_after_child",
+            Self::ParentNotLinkable => "parent_not_linkable",
             Self::Cycle => "cycle",
             Self::WorkflowTerminated => "workflow_terminated",
         }

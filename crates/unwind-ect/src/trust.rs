@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use super::{RejectCode, Rejection};
 use crate::config::TrustConfig;
+use crate::spiffe::{self, IdPattern};
 
 /// Default JWKS cache lifetime when the configuration says 0.
 pub const DEFAULT_JWKS_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -196,6 +197,21 @@ struct IssuerEntry {
     /// Lowercased host names and IP literals as configured.
     rollback_hosts: Vec<String>,
     allow_http: bool,
+    /// Whose nodes this entry's agents may name as parents.
+    links: LinkPolicy,
+    /// Rollback requests per second for all of this entry's agents together, when configured.
+    requests_per_s: Option<u32>,
+}
+
+/// Whose nodes the agents of a trust entry may name as parents (besides their own entry's).
+#[derive(Debug, Clone)]
+enum LinkPolicy {
+    /// Issuers in the entry's own trust domain (the default).
+    SameTrustDomain,
+    /// Issuers matched by one of these patterns (`link_to`).
+    Listed(Vec<IdPattern>),
+    /// Anyone, and anyone may name this entry's nodes: Unwind's own evidence.
+    Evidence,
 }
 
 /// The trusted issuers and their keys. `Send + Sync`; lookups take `&self`.
@@ -265,6 +281,18 @@ impl TrustStore {
                     });
                 }
             };
+            let links = match &issuer.link_to {
+                None => LinkPolicy::SameTrustDomain,
+                Some(list) => LinkPolicy::Listed(
+                    list.iter()
+                        .map(|p| IdPattern::parse(p))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| TrustError::Issuer {
+                            issuer: issuer.id.clone(),
+                            message: format!("link_to {e}"),
+                        })?,
+                ),
+            };
             store.insert(IssuerEntry {
                 id: issuer.id.clone(),
                 source,
@@ -274,6 +302,8 @@ impl TrustStore {
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
                 allow_http: issuer.allow_http,
+                links,
+                requests_per_s: issuer.requests_per_s,
             })?;
         }
         Ok(store)
@@ -285,8 +315,9 @@ impl TrustStore {
         self.refresh_min_interval = refresh_min_interval;
     }
 
-    /// Adds (or replaces) an issuer with a fixed key set under its exact id, e.g. Unwind's own
-    /// coordinator key. Keys that cannot verify anything (symmetric, no `kid`) are left out.
+    /// Adds (or replaces) an issuer with a fixed key set under its exact id: Unwind's own
+    /// coordinator key, whose evidence any entry may name as a parent and which may name any
+    /// node. Keys that cannot verify anything (symmetric, no `kid`) are left out.
     pub fn add_static_issuer(&mut self, id: &str, jwks: JwkSet) {
         let keys = key_map(&jwks, false).unwrap_or_default();
         let entry = IssuerEntry {
@@ -294,6 +325,8 @@ impl TrustStore {
             source: KeySource::Static(Arc::new(keys)),
             rollback_hosts: Vec::new(),
             allow_http: false,
+            links: LinkPolicy::Evidence,
+            requests_per_s: None,
         };
         self.exact.insert(id.to_owned(), Arc::new(entry));
     }
@@ -304,37 +337,91 @@ impl TrustStore {
             issuer: id.clone(),
             message: "listed twice".into(),
         };
-        if let Some(prefix) = id.strip_suffix('*') {
-            if !prefix.ends_with('/') || prefix.contains('*') {
-                return Err(TrustError::Issuer {
-                    issuer: id.clone(),
-                    message: "a pattern must end in `/*` and have no other `*`".into(),
-                });
+        let pattern = IdPattern::parse(&id).map_err(|e| TrustError::Issuer {
+            issuer: id.clone(),
+            message: e.why,
+        })?;
+        match pattern {
+            IdPattern::Below(prefix) => {
+                if self.prefixes.iter().any(|(p, _)| *p == prefix) {
+                    return Err(duplicate());
+                }
+                self.prefixes.push((prefix, Arc::new(entry)));
+                self.prefixes
+                    .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
             }
-            if self.prefixes.iter().any(|(p, _)| p == prefix) {
-                return Err(duplicate());
+            IdPattern::Exact(id) => {
+                if self.exact.contains_key(&id) {
+                    return Err(duplicate());
+                }
+                self.exact.insert(id, Arc::new(entry));
             }
-            self.prefixes.push((prefix.to_owned(), Arc::new(entry)));
-            self.prefixes
-                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        } else {
-            if self.exact.contains_key(&id) {
-                return Err(duplicate());
-            }
-            self.exact.insert(id.clone(), Arc::new(entry));
         }
         Ok(())
     }
 
     /// The issuer entry for `iss`: exact id first, else the longest matching `/*` pattern
-    /// (`spiffe://x/agent/*` matches `spiffe://x/agent/a` but not `spiffe://x/agent`).
+    /// (`spiffe://x/agent/*` matches `spiffe://x/agent/a` but not `spiffe://x/agent`). An `iss`
+    /// that starts with `spiffe://` but is not a valid SPIFFE ID matches nothing.
     fn issuer(&self, iss: &str) -> Option<&Arc<IssuerEntry>> {
+        if !spiffe::acceptable_issuer_id(iss) {
+            return None;
+        }
         self.exact.get(iss).or_else(|| {
             self.prefixes
                 .iter()
                 .find(|(prefix, _)| iss.len() > prefix.len() && iss.starts_with(prefix.as_str()))
                 .map(|(_, entry)| entry)
         })
+    }
+
+    /// The configured id (or pattern) of the trust entry that `iss` matches.
+    pub fn entry_id(&self, iss: &str) -> Option<&str> {
+        self.issuer(iss).map(|e| e.id.as_str())
+    }
+
+    /// The rollback request rate configured for the trust entry of `iss`, if any.
+    pub fn entry_requests_per_s(&self, iss: &str) -> Option<u32> {
+        self.issuer(iss).and_then(|e| e.requests_per_s)
+    }
+
+    /// Whether a token of `child_iss` may name a node of `parent_iss` as a parent: always within
+    /// one trust entry and for Unwind's own evidence (either side); otherwise the child's entry
+    /// decides: its `link_to` patterns, or by default issuers of its own trust domain.
+    /// `Err` carries why not, for the refusal's detail.
+    pub fn may_link(&self, child_iss: &str, parent_iss: &str) -> Result<(), String> {
+        let Some(child) = self.issuer(child_iss) else {
+            return Err(format!("issuer `{child_iss}` is not trusted"));
+        };
+        let parent = self.issuer(parent_iss);
+        if parent.is_some_and(|p| Arc::ptr_eq(p, child) || matches!(p.links, LinkPolicy::Evidence))
+        {
+            return Ok(());
+        }
+        let allowed = match &child.links {
+            LinkPolicy::Evidence => true,
+            LinkPolicy::SameTrustDomain => {
+                spiffe::trust_domain(&child.id).is_some()
+                    && spiffe::trust_domain(&child.id) == spiffe::trust_domain(parent_iss)
+                    && spiffe::acceptable_issuer_id(parent_iss)
+            }
+            // An entry's id is itself a pattern, so naming an entry and naming ids coincide.
+            LinkPolicy::Listed(patterns) => patterns.iter().any(|p| p.matches(parent_iss)),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(match &child.links {
+                LinkPolicy::Listed(_) => format!(
+                    "trust entry `{}` may link only to the entries in its link_to; `{parent_iss}` is not among them",
+                    child.id
+                ),
+                _ => format!(
+                    "trust entry `{}` may link only to issuers of its own trust domain (give it link_to to allow more); `{parent_iss}` is outside it",
+                    child.id
+                ),
+            })
+        }
     }
 
     /// True when some configured issuer matches `iss`.
@@ -511,6 +598,29 @@ impl TrustStore {
         }
         Ok(())
     }
+}
+
+/// The shape a `cascade.rollback_uri` must have for Unwind to call it: an absolute URL written
+/// as it will be called (no whitespace, control character or backslash, which a URL parser
+/// would silently drop or turn into `/`), without a query or fragment (the prepare URL is the
+/// path with `/prepare` appended). Checked at ingest and again before every call.
+pub fn parse_rollback_uri(uri: &str) -> Result<reqwest::Url, String> {
+    if let Some(c) = uri
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '\\')
+    {
+        return Err(format!(
+            "rollback_uri contains {c:?}; write it exactly as it is to be called"
+        ));
+    }
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("rollback_uri is not a URL: {e}"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "rollback_uri has a query or fragment; the prepare URL could not be derived from it"
+                .into(),
+        );
+    }
+    Ok(url)
 }
 
 fn nonzero_secs(secs: u64, default: Duration) -> Duration {
@@ -745,6 +855,138 @@ mod tests {
                 .rollback_uri_allowed("spiffe://unknown", "https://rollback.example.com/r")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn parents_are_linkable_within_an_entry_its_domain_its_link_to_and_evidence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = jwks_file(&dir, "a", &[&key()]);
+        let mut store = TrustStore::from_config(&TrustConfig {
+            issuers: vec![
+                issuer("spiffe://example.com/agent/*", &path),
+                issuer("spiffe://example.com/billing", &path),
+                issuer("spiffe://other.org/team/*", &path),
+                TrustIssuerConfig {
+                    link_to: Some(vec!["spiffe://example.com/agent/*".into()]),
+                    ..issuer("spiffe://partner.net/agent/*", &path)
+                },
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        store.add_static_issuer("spiffe://unwind.local/coordinator", JwkSet { keys: vec![] });
+        let ok = |c: &str, p: &str| store.may_link(c, p).is_ok();
+        // One entry; one trust domain by default.
+        assert!(ok(
+            "spiffe://example.com/agent/a",
+            "spiffe://example.com/agent/b"
+        ));
+        assert!(ok(
+            "spiffe://example.com/agent/a",
+            "spiffe://example.com/billing"
+        ));
+        // Another domain: refused both ways without link_to.
+        assert!(!ok(
+            "spiffe://other.org/team/x",
+            "spiffe://example.com/agent/router"
+        ));
+        assert!(!ok(
+            "spiffe://example.com/agent/router",
+            "spiffe://other.org/team/x"
+        ));
+        // link_to names what the entry may build on, one way only; its own entry stays.
+        assert!(ok(
+            "spiffe://partner.net/agent/p",
+            "spiffe://example.com/agent/router"
+        ));
+        assert!(ok(
+            "spiffe://partner.net/agent/p",
+            "spiffe://partner.net/agent/q"
+        ));
+        assert!(!ok(
+            "spiffe://partner.net/agent/p",
+            "spiffe://example.com/billing"
+        ));
+        assert!(!ok(
+            "spiffe://example.com/agent/router",
+            "spiffe://partner.net/agent/p"
+        ));
+        // Unwind's evidence: anyone may build on it, and it may name anything.
+        assert!(ok(
+            "spiffe://other.org/team/x",
+            "spiffe://unwind.local/coordinator"
+        ));
+        assert!(ok(
+            "spiffe://unwind.local/coordinator",
+            "spiffe://other.org/team/x"
+        ));
+        // Ids that are not valid SPIFFE ids link to nothing and are linked by nothing.
+        assert!(!ok(
+            "spiffe://example.com/agent/a",
+            "spiffe://example.com/agent/../admin"
+        ));
+        assert!(!ok(
+            "spiffe://example.com/agent/../a",
+            "spiffe://example.com/agent/b"
+        ));
+        assert!(!ok(
+            "spiffe://unknown.example/a",
+            "spiffe://example.com/agent/b"
+        ));
+    }
+
+    #[test]
+    fn patterns_only_for_spiffe_ids_and_ids_must_be_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = jwks_file(&dir, "a", &[&key()]);
+        for id in [
+            "https://agents.example/*",
+            "spiffe://example.com/agent/../x/*",
+            "spiffe://Example.com/agent",
+            "spiffe://example.com/a*",
+        ] {
+            let cfg = TrustConfig {
+                issuers: vec![issuer(id, &path)],
+                ..Default::default()
+            };
+            assert!(TrustStore::from_config(&cfg).is_err(), "{id}");
+        }
+        let cfg = TrustConfig {
+            issuers: vec![TrustIssuerConfig {
+                link_to: Some(vec!["spiffe://x/*/y".into()]),
+                ..issuer("spiffe://x/a", &path)
+            }],
+            ..Default::default()
+        };
+        assert!(TrustStore::from_config(&cfg).is_err());
+        let exact = TrustStore::from_config(&TrustConfig {
+            issuers: vec![issuer("https://agents.example/a", &path)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(exact.knows_issuer("https://agents.example/a"));
+        assert!(!exact.knows_issuer("https://agents.example/a/b"));
+    }
+
+    #[test]
+    fn rollback_uris_are_taken_only_as_written() {
+        assert!(parse_rollback_uri("https://h.example/r").is_ok());
+        assert!(parse_rollback_uri("http://127.0.0.1:9/a/b/").is_ok());
+        for uri in [
+            "https://h.example/r?x=1",
+            "https://h.example/r#f",
+            "https://h.example/r?",
+            " https://h.example/r",
+            "\thttps://h.example/r",
+            "https://h.example/r\n",
+            "https:\\\\h.example\\r",
+            "https://h.example/a b",
+            "https://h.example/\u{7f}",
+            "/relative",
+            "",
+        ] {
+            assert!(parse_rollback_uri(uri).is_err(), "{uri:?}");
+        }
     }
 
     /// A JWKS server on 127.0.0.1: `/jwks` serves the current set, `/redirect` redirects to it,

@@ -68,6 +68,7 @@ impl Identity {
             jwks_url: None,
             rollback_hosts: vec!["127.0.0.1".into()],
             allow_http: true,
+            ..Default::default()
         }
     }
 }
