@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Value, json};
 
-use super::render::short_issuer;
+use super::render::issuer_label;
 use super::*;
 
 const ISSUERS: [&str; 5] = [
@@ -526,7 +526,7 @@ proptest! {
         let expected_ids: Vec<&str> = dag_nodes.iter().map(|n| n.jti.as_str()).collect();
         prop_assert_eq!(ids, expected_ids, "every node exactly once");
         for ((_, label), n) in parsed.nodes.iter().zip(&dag_nodes) {
-            prop_assert_eq!(label, &format!("{}\n{}", n.exec_act, short_issuer(&n.iss)));
+            prop_assert_eq!(label, &format!("{}\n{}", n.exec_act, issuer_label(&n.iss)));
         }
         let pos = position_of(&gen_nodes);
         let dot_edges: Vec<(usize, usize)> = parsed.edges.iter()
@@ -544,7 +544,7 @@ proptest! {
             let (act, jti, iss) = &parsed.nodes[&k];
             prop_assert_eq!(act, &mermaid_text(&n.exec_act));
             prop_assert_eq!(jti, &mermaid_text(&n.jti));
-            prop_assert_eq!(iss, &mermaid_text(short_issuer(&n.iss)));
+            prop_assert_eq!(iss, &mermaid_text(&issuer_label(&n.iss)));
         }
         prop_assert_eq!(parsed.edges.len(), edges.len());
         prop_assert_eq!(parsed.edges.into_iter().collect::<BTreeSet<_>>(), edges);

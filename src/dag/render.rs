@@ -85,7 +85,7 @@ impl WorkflowGraph {
             out.push_str(" [label=\"");
             push_dot_escaped(&mut out, &node.exec_act);
             out.push_str("\\n");
-            push_dot_escaped(&mut out, short_issuer(&node.iss));
+            push_dot_escaped(&mut out, &issuer_label(&node.iss));
             out.push('"');
             if node.exec_act == EXEC_ACT_CHECKPOINT {
                 out.push_str(", shape=box");
@@ -123,7 +123,7 @@ impl WorkflowGraph {
             out.push_str("<br/>");
             push_mermaid_escaped(&mut out, &node.jti);
             out.push_str("<br/>");
-            push_mermaid_escaped(&mut out, short_issuer(&node.iss));
+            push_mermaid_escaped(&mut out, &issuer_label(&node.iss));
             out.push_str(close);
             if checkpoint {
                 out.push_str(":::checkpoint");
@@ -141,17 +141,19 @@ impl WorkflowGraph {
     }
 }
 
-/// The last meaningful segment of an issuer (`spiffe://example.org/agent/a` -> `a`), at most
-/// 32 characters: enough to tell agents apart in a picture.
-pub(crate) fn short_issuer(iss: &str) -> &str {
-    const MAX: usize = 32;
-    let trimmed = iss.trim_end_matches(['/', ':']);
-    let tail = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
-    let tail = if tail.is_empty() { iss } else { tail };
-    match tail.char_indices().nth(MAX) {
-        Some((cut, _)) => &tail[..cut],
-        None => tail,
+/// An issuer as a picture shows it: the whole id, so two agents of different domains (or
+/// `…/agent/../admin` and `…/admin`) never read alike. Ids over 64 characters keep their first
+/// and last 31 with a visible `…` between.
+pub(crate) fn issuer_label(iss: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 64;
+    const KEEP: usize = 31;
+    let n = iss.chars().count();
+    if n <= MAX {
+        return iss.into();
     }
+    let head: String = iss.chars().take(KEEP).collect();
+    let tail: String = iss.chars().skip(n - KEEP).collect();
+    format!("{head}…{tail}").into()
 }
 
 /// Appends `s` as a quoted DOT string.

@@ -3,7 +3,7 @@
 use petgraph::Direction;
 use serde_json::{Map, Value, json};
 
-use super::render::{push_dot_escaped, push_mermaid_escaped, short_issuer};
+use super::render::{issuer_label, push_dot_escaped, push_mermaid_escaped};
 use super::*;
 
 fn node(jti: &str, iss: &str, exec_act: &str, iat: i64, parents: &[&str]) -> DagNode {
@@ -252,11 +252,11 @@ fn dot_of_the_figure() {
     let dot = figure().to_dot();
     let expected = r#"digraph "wf-1" {
   node [shape=ellipse];
-  "A" [label="checkpoint\na", shape=box];
-  "A1" [label="act\na"];
-  "B" [label="checkpoint\nb", shape=box];
-  "B1" [label="act\nb"];
-  "B2" [label="write_failed\nc", color=red, fontcolor=red];
+  "A" [label="checkpoint\nspiffe://example.org/agent/a", shape=box];
+  "A1" [label="act\nspiffe://example.org/agent/a"];
+  "B" [label="checkpoint\nspiffe://example.org/agent/b", shape=box];
+  "B1" [label="act\nspiffe://example.org/agent/b"];
+  "B2" [label="write_failed\nspiffe://example.org/agent/c", color=red, fontcolor=red];
   "A" -> "A1";
   "A1" -> "B";
   "B" -> "B1";
@@ -275,11 +275,11 @@ fn dot_of_the_figure() {
 fn mermaid_of_the_figure() {
     let mermaid = figure().to_mermaid();
     let expected = "flowchart TD
-  n0[\"checkpoint<br/>A<br/>a\"]:::checkpoint
-  n1(\"act<br/>A1<br/>a\")
-  n2[\"checkpoint<br/>B<br/>b\"]:::checkpoint
-  n3(\"act<br/>B1<br/>b\")
-  n4(\"write_failed<br/>B2<br/>c\"):::error
+  n0[\"checkpoint<br/>A<br/>spiffe://example.org/agent/a\"]:::checkpoint
+  n1(\"act<br/>A1<br/>spiffe://example.org/agent/a\")
+  n2[\"checkpoint<br/>B<br/>spiffe://example.org/agent/b\"]:::checkpoint
+  n3(\"act<br/>B1<br/>spiffe://example.org/agent/b\")
+  n4(\"write_failed<br/>B2<br/>spiffe://example.org/agent/c\"):::error
   n0 --> n1
   n1 --> n2
   n2 --> n3
@@ -331,15 +331,21 @@ fn mermaid_escaping_rules() {
 }
 
 #[test]
-fn short_issuer_takes_the_last_segment() {
-    assert_eq!(short_issuer("spiffe://example.org/agent/a"), "a");
-    assert_eq!(short_issuer("https://agents.example/"), "agents.example");
-    assert_eq!(short_issuer("urn:agent:planner"), "planner");
-    assert_eq!(short_issuer("plain"), "plain");
-    assert_eq!(short_issuer("///"), "///");
-    assert_eq!(short_issuer(""), "");
-    let long = "é".repeat(40);
-    assert_eq!(short_issuer(&long).chars().count(), 32);
+fn issuer_labels_show_the_whole_id_and_shorten_only_visibly() {
+    for id in [
+        "spiffe://example.org/agent/a",
+        "spiffe://evil.example/agent/a",
+        "spiffe://example.com/agent/../admin",
+        "urn:agent:planner",
+        "",
+    ] {
+        assert_eq!(issuer_label(id), id);
+    }
+    let long = format!("spiffe://example.org/{}/router", "team/".repeat(20));
+    let label = issuer_label(&long);
+    assert_eq!(label.chars().count(), 63, "{label}");
+    assert!(label.starts_with("spiffe://example.org/") && label.ends_with("/router"));
+    assert!(label.contains('…'), "{label}");
 }
 
 fn batch(items: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
