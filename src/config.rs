@@ -51,6 +51,7 @@ pub struct Config {
     pub hitl: HitlConfig,
     pub cascade: CascadeConfig,
     pub retention: RetentionConfig,
+    pub ledger: LedgerConfig,
 }
 
 impl Default for Config {
@@ -75,6 +76,7 @@ impl Default for Config {
             hitl: HitlConfig::default(),
             cascade: CascadeConfig::default(),
             retention: RetentionConfig::default(),
+            ledger: LedgerConfig::default(),
         }
     }
 }
@@ -316,6 +318,31 @@ impl Default for RetentionConfig {
             interval_s: 3600,
             batch: 1000,
         }
+    }
+}
+
+/// `[ledger]`: pinning the hash chain's head outside the database (docs/security.md, "What
+/// the ledger's chain proves").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Seconds between two signed heads appended to `<data_dir>/ledger-heads.jsonl` and sent
+    /// as webhook event `ledger.head`; `0`: none.
+    pub head_interval_s: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            head_interval_s: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Where pinned heads are appended: `<data_dir>/ledger-heads.jsonl`.
+    pub fn ledger_heads_path(&self) -> PathBuf {
+        self.data_dir.join("ledger-heads.jsonl")
     }
 }
 

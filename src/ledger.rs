@@ -11,6 +11,7 @@ use std::time::Instant;
 
 pub mod chain;
 pub mod group;
+pub mod heads;
 
 use crate::dag::order_batch;
 use crate::ect::{RejectCode, Rejection, VerifiedEct, Verifier};

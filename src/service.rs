@@ -247,9 +247,16 @@ pub async fn run(
     let local = listener.local_addr().map_err(ServiceError::Serve)?;
     println!("unwind: listening on http://{local}");
     tracing::info!(%local, "listening");
+    let heads = head_pinner(&prepared.state);
     let app = crate::api::router(prepared.state);
     // One signal stops both the server and the rollback worker.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let heads = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(heads.run(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    };
     let worker = {
         let mut rx = stop_rx.clone();
         tokio::spawn(prepared.coordinator.run(async move {
@@ -281,8 +288,24 @@ pub async fn run(
     let _ = worker.await;
     let _ = delivery.await;
     let _ = pruning.await;
+    let _ = heads.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The task that pins the ledger's signed head to `<data_dir>/ledger-heads.jsonl` and the
+/// `ledger.head` webhook event every `ledger.head_interval_s`.
+pub fn head_pinner(state: &AppState) -> Arc<crate::ledger::heads::HeadPinner> {
+    Arc::new(
+        crate::ledger::heads::HeadPinner::new(
+            state.store.clone(),
+            state.signing_key.clone(),
+            state.config.coordinator_id.clone(),
+            state.config.ledger_heads_path(),
+            Duration::from_secs(state.config.ledger.head_interval_s),
+        )
+        .with_sink(state.hitl.escalations.clone()),
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.

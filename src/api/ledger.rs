@@ -23,8 +23,7 @@ use crate::ledger::chain::{self, ChainEntry};
 pub const RECEIPT_TYP: &str = "unwind-receipt+jwt";
 /// `typ` of a batch's one signed receipt.
 pub const BATCH_RECEIPT_TYP: &str = "unwind-batch-receipt+jwt";
-/// `typ` of a signed head.
-pub const HEAD_TYP: &str = "unwind-ledger-head+jwt";
+pub use crate::ledger::heads::HEAD_TYP;
 /// How a client recomputes an entry, as the proof states it.
 pub const CHAIN_RULE: &str = "chain_hash = SHA-256(prev_hash || token_hash), over the raw 32-byte digests; token_hash = SHA-256(token); prev_hash of entry 1 = 32 zero bytes; hex";
 
@@ -157,22 +156,18 @@ async fn head(
 ) -> Result<axum::Json<LedgerHead>, ApiError> {
     caller.require(Role::Reader)?;
     let head = state.store.chain_head().await?;
-    let claims = object(json!({
-        "iss": state.config.coordinator_id,
-        "seq": head.seq,
-        "chain_hash": head.chain_hash,
-        "count": head.seq,
-        "iat": chrono::Utc::now().timestamp(),
-    }));
-    let sig = state
-        .signing_key
-        .sign(&claims, HEAD_TYP)
-        .map_err(ApiError::internal)?;
+    let signed = crate::ledger::heads::sign_head(
+        &state.signing_key,
+        &state.config.coordinator_id,
+        &head,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(ApiError::internal)?;
     Ok(axum::Json(LedgerHead {
-        seq: head.seq,
-        chain_hash: head.chain_hash,
-        count: head.seq,
-        sig,
+        seq: signed.seq,
+        chain_hash: signed.chain_hash,
+        count: signed.count,
+        sig: signed.sig,
     }))
 }
 

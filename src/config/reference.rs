@@ -290,6 +290,11 @@ pub const KEYS: &[KeyDoc] = &[
         default: None,
         meaning: "rows one delete statement removes at most, 1 to 10000, so pruning never holds locks for long",
     },
+    KeyDoc {
+        key: "ledger.head_interval_s",
+        default: None,
+        meaning: "seconds between two signed heads of the ledger's hash chain, appended to `<data_dir>/ledger-heads.jsonl` and sent as webhook event `ledger.head` (the first one interval after start); `0`: none",
+    },
 ];
 
 /// The leaf keys of the configuration type with their default values, in dotted form.

@@ -15,8 +15,9 @@ use tokio::sync::Notify;
 use utoipa::ToSchema;
 
 use super::HitlError;
-use super::event::{EventBody, EventType};
+use super::event::{EventBody, EventType, LedgerHeadBody};
 use crate::api::rollbacks::RollbackView;
+use crate::ledger::heads::{HeadSink, SignedHead};
 use crate::store::Store;
 use crate::store::hitl::{
     Escalation, EscalationKind, EscalationStatus, OutboxEvent, Resolution, ResolveOutcome,
@@ -199,23 +200,38 @@ impl Escalations {
         Ok(self.store.resolve_escalation(id, resolution).await?)
     }
 
+    /// Enqueues a `ledger.head` event for a pinned head (once per head and signing time).
+    pub async fn ledger_head(&self, head: &SignedHead) -> Result<(), HitlError> {
+        let body = LedgerHeadBody::new(head);
+        let key = format!("ledger.head:{}:{}", head.seq, head.iat);
+        let events = self.outbox_rows(&body.id, body.event_type, &serde_json::to_string(&body)?, &key);
+        self.store.enqueue_events(&events).await?;
+        if !events.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// One outbox row per webhook for `body`.
     fn events(&self, body: &EventBody<'_>, key: &str) -> Result<Vec<OutboxEvent>, HitlError> {
         if self.urls.is_empty() {
             return Ok(Vec::new());
         }
-        let text = body.to_text()?;
-        Ok(self
-            .urls
+        Ok(self.outbox_rows(&body.id, body.event_type, &body.to_text()?, key))
+    }
+
+    /// One outbox row per webhook for an event body already encoded.
+    fn outbox_rows(&self, id: &str, event_type: &str, text: &str, key: &str) -> Vec<OutboxEvent> {
+        self.urls
             .iter()
             .map(|url| OutboxEvent {
-                event_id: body.id.clone(),
+                event_id: id.to_string(),
                 event_key: key.to_string(),
-                event_type: body.event_type.to_string(),
+                event_type: event_type.to_string(),
                 url: url.clone(),
-                body: text.clone(),
+                body: text.to_string(),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -233,5 +249,12 @@ fn dedup_key(new: &NewEscalation) -> String {
                 .unwrap_or("");
             format!("{kind}|wid:{}|agent:{agent}", new.wid)
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl HeadSink for Escalations {
+    async fn head_signed(&self, head: &SignedHead) -> Result<(), String> {
+        self.ledger_head(head).await.map_err(|e| e.to_string())
     }
 }

@@ -20,6 +20,8 @@ pub enum EventType {
     CheckpointIrreversible,
     CascadeDetected,
     CrossFailure,
+    /// The ledger's signed head, pinned periodically (`ledger.head_interval_s`).
+    LedgerHead,
 }
 
 impl EventType {
@@ -33,6 +35,7 @@ impl EventType {
             Self::CheckpointIrreversible => "checkpoint.irreversible",
             Self::CascadeDetected => "cascade.detected",
             Self::CrossFailure => "workflow.cross_failure",
+            Self::LedgerHead => "ledger.head",
         }
     }
 
@@ -120,5 +123,26 @@ impl<'a> EventBody<'a> {
     /// The bytes stored and sent.
     pub fn to_text(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)
+    }
+}
+
+/// The body of a `ledger.head` event: the signed head as the heads file keeps it.
+#[derive(Debug, Serialize)]
+pub struct LedgerHeadBody<'a> {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    pub created_at: String,
+    pub head: &'a crate::ledger::heads::SignedHead,
+}
+
+impl<'a> LedgerHeadBody<'a> {
+    pub fn new(head: &'a crate::ledger::heads::SignedHead) -> Self {
+        Self {
+            id: format!("evt_{}", uuid::Uuid::new_v4()),
+            event_type: EventType::LedgerHead.as_str(),
+            created_at: crate::api::rfc3339(chrono::Utc::now()),
+            head,
+        }
     }
 }

@@ -32,6 +32,32 @@ pub fn next(prev: &str, token_hash: &str) -> Result<String, BadDigest> {
     Ok(crate::ect::sha256_hex(&input))
 }
 
+/// The claims of a stored token, read from its signed bytes (not verified: the token was
+/// verified at ingest and the chain covers these bytes). What the ledger derives from a token
+/// (workflow, issuer, parents, checkpoint fields) is taken from here, never from the columns
+/// stored beside it, which the chain does not cover.
+pub fn token_ect(token: &str) -> Result<crate::ect::VerifiedEct, crate::ect::Rejection> {
+    let (header, claims) = crate::ect::jws::decode_unverified(token)?;
+    let text = |name: &str| {
+        header
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let header_fields = crate::ect::EctHeader {
+        alg: text("alg"),
+        typ: text("typ"),
+        kid: text("kid"),
+    };
+    let claims = match claims {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    // The parent limit is the ingest's business; a stored token is read whatever it was.
+    crate::ect::claims::normalise(token, header_fields, claims, usize::MAX)
+}
+
 /// One entry of the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainEntry {

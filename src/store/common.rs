@@ -164,30 +164,46 @@ impl From<MetaRow> for EctMeta {
     }
 }
 
-/// One node of a workflow; `ext` is selected only for checkpoints.
+/// The select list and join of [`Store::workflow_nodes`](super::Store::workflow_nodes): the
+/// stored token of every chained row (`e` is `ects`). Rows without a chain entry are not read.
+pub(crate) const NODE_SOURCE: &str =
+    "SELECT e.jti, e.token FROM ects e JOIN ledger_chain c ON c.jti = e.jti";
+
+/// One chained row of a workflow: what the graph needs is read from the token itself.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct DagNodeRow {
     pub jti: String,
-    pub iss: String,
-    pub exec_act: String,
-    pub iat: i64,
-    pub parents: String,
-    pub ext: Option<String>,
+    pub token: String,
 }
 
 impl DagNodeRow {
-    pub(crate) fn into_node(self) -> Result<DagNode, StoreError> {
-        let parents = parse_parents(&self.jti, &self.parents)?;
-        let ext = match &self.ext {
-            Some(text) => Some(parse_object("ext", &self.jti, text)?),
-            None => None,
+    /// The node as the token states it, or `None` (logged) when the row does not match its
+    /// token: a token that does not decode, names another `jti`, or belongs to another
+    /// workflow than `wid` (the row's columns were edited). Only the signed bytes decide what
+    /// a rollback calls and whom it reaches.
+    pub(crate) fn into_node(self, wid: Option<&str>) -> Option<DagNode> {
+        let ect = match chain::token_ect(&self.token) {
+            Ok(ect) => ect,
+            Err(e) => {
+                tracing::warn!(jti = %self.jti, error = %e, "stored token does not decode; node left out");
+                return None;
+            }
         };
-        Ok(DagNode {
-            jti: self.jti,
-            iss: self.iss,
-            exec_act: self.exec_act,
-            iat: self.iat,
-            parents,
+        if ect.jti != self.jti || ect.wid.as_deref() != wid {
+            tracing::warn!(
+                row = %self.jti,
+                token = %ect.jti,
+                "a ledger row does not match its token; node left out"
+            );
+            return None;
+        }
+        let ext = (ect.exec_act == CHECKPOINT).then_some(ect.ext);
+        Some(DagNode {
+            jti: ect.jti,
+            iss: ect.iss,
+            exec_act: ect.exec_act,
+            iat: ect.iat,
+            parents: ect.parents,
             ext,
         })
     }
@@ -897,6 +913,36 @@ pub(crate) fn chain_range_sql(after: &str, limit: &str) -> String {
     )
 }
 
+/// The statements of [`crate::store::Store::ledger_tables`] (both dialects), after `ects`.
+pub(crate) const TABLES_EDGES_SQL: &str = "SELECT parent, child, wid FROM ect_edges";
+pub(crate) const TABLES_CHAIN_SQL: &str =
+    "SELECT seq, jti, chain_hash FROM ledger_chain ORDER BY seq";
+pub(crate) const TABLES_HEAD_SQL: &str =
+    "SELECT seq, chain_hash, backfill FROM ledger_head WHERE id = 1";
+pub(crate) const TABLES_WORKFLOWS_SQL: &str = "SELECT wid, nodes, checkpoints FROM workflows";
+pub(crate) const TABLES_AGENTS_SQL: &str = "SELECT wid, iss FROM workflow_agents";
+
+impl From<EctRow> for super::StoredEctRow {
+    fn from(r: EctRow) -> Self {
+        Self {
+            seq: r.seq,
+            jti: r.jti,
+            wid: r.wid,
+            iss: r.iss,
+            sub: r.sub,
+            exec_act: r.exec_act,
+            parents: r.parents,
+            iat: r.iat,
+            exp: r.exp,
+            out_hash: r.out_hash,
+            ext: r.ext,
+            token: r.token,
+            kid: r.kid,
+            content_hash: r.content_hash,
+        }
+    }
+}
+
 /// A `ledger_chain` row joined with its predecessor.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct ChainRow {
@@ -957,6 +1003,23 @@ impl HeadRow {
         }
     }
 }
+
+/// Whether the one-time backfill may run: only while the flag set by the migration is up and
+/// the chain is still empty. Once the chain has an entry the flag is ignored: set again by
+/// hand, it would chain forged rows as if they had been stored before the chain.
+pub(crate) fn backfill_allowed(row: &HeadRow, chain_has_entries: bool) -> bool {
+    if row.backfill && chain_has_entries {
+        tracing::warn!(
+            head = row.seq,
+            "ledger_head asks for a backfill but the chain exists; ignored (rows outside the \
+             chain stay outside it: `unwind verify --live --database-url` lists them)"
+        );
+    }
+    row.backfill && !chain_has_entries
+}
+
+/// Whether `ledger_chain` has a row (both dialects).
+pub(crate) const CHAIN_HAS_ENTRIES_SQL: &str = "SELECT EXISTS (SELECT 1 FROM ledger_chain)";
 
 /// Chains `items` (jti, SHA-256 of the token) after `head`, which moves to the last of them.
 pub(crate) fn extend_chain(

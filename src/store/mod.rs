@@ -142,6 +142,44 @@ pub struct WorkflowSummary {
     pub last_seen: DateTime<Utc>,
 }
 
+/// One `ects` row exactly as stored, for an audit of the tables against the chain
+/// (`unwind verify --live --database-url`); JSON columns as their text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEctRow {
+    pub seq: i64,
+    pub jti: String,
+    pub wid: Option<String>,
+    pub iss: String,
+    pub sub: Option<String>,
+    pub exec_act: String,
+    pub parents: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub out_hash: Option<String>,
+    pub ext: String,
+    pub token: String,
+    pub kid: String,
+    pub content_hash: String,
+}
+
+/// Every ledger table as stored, read in one snapshot-free pass (an audit of a ledger that is
+/// being written may see an append half-way: run it again before trusting a finding).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LedgerTables {
+    /// `ects` in `seq` order.
+    pub ects: Vec<StoredEctRow>,
+    /// `ect_edges`: (parent, child, wid).
+    pub edges: Vec<(String, String, Option<String>)>,
+    /// `ledger_chain` in `seq` order: (seq, jti, chain_hash).
+    pub chain: Vec<(i64, String, String)>,
+    /// `ledger_head`: (seq, chain_hash, backfill).
+    pub head: (i64, String, bool),
+    /// `workflows`: (wid, nodes, checkpoints).
+    pub workflows: Vec<(String, i64, i64)>,
+    /// `workflow_agents`: (wid, iss).
+    pub agents: Vec<(String, String)>,
+}
+
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -263,11 +301,17 @@ pub trait Store:
 
     async fn get_workflow(&self, wid: &str) -> Result<Option<WorkflowSummary>, StoreError>;
 
-    /// Every node of a workflow (for the DAG and blast radius), in ledger order.
+    /// Every node of a workflow (for the DAG, blast radius and rollback plans), in ledger order.
+    /// Only rows with a chain entry count, and each node (issuer, parents, checkpoint fields) is
+    /// read from the row's signed token, never from the columns beside it; a row that does not
+    /// match its token is left out.
     async fn workflow_nodes(&self, wid: &str) -> Result<Vec<DagNode>, StoreError>;
 
     /// Every node that belongs to no workflow (no `wid`), in ledger order.
     async fn unscoped_nodes(&self) -> Result<Vec<DagNode>, StoreError>;
+
+    /// Every ledger table as stored (for an audit; loads them whole).
+    async fn ledger_tables(&self) -> Result<LedgerTables, StoreError>;
 
     /// Number of stored tokens.
     async fn count_ects(&self) -> Result<i64, StoreError>;

@@ -27,7 +27,8 @@ use super::common::{
     Resolution, RollbackRow, StepRow, WorkflowRow,
 };
 use super::{
-    Backend, ChainEntry, ChainHead, EctFilter, EctMeta, EctRecord, InsertOutcome, NewEct, Page,
+    Backend, ChainEntry, ChainHead, EctFilter, EctMeta, EctRecord, InsertOutcome, LedgerTables,
+    NewEct, Page,
     Store, StoreError, WorkflowSummary,
 };
 use crate::dag::DagNode;
@@ -231,7 +232,10 @@ impl SqliteStore {
     async fn backfill_chain(&self) -> Result<(), StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let row = Self::head_in(&mut tx).await?;
-        if !row.backfill {
+        let chained: bool = sqlx::query_scalar(common::CHAIN_HAS_ENTRIES_SQL)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !common::backfill_allowed(&row, chained) {
             return Ok(());
         }
         let mut head = row.head();
@@ -495,6 +499,34 @@ impl Store for SqliteStore {
         self.nodes_of(None).await
     }
 
+    async fn ledger_tables(&self) -> Result<LedgerTables, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        let ects: Vec<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ECT_COLUMNS} FROM ects ORDER BY seq"
+        )))
+        .fetch_all(&mut *conn)
+        .await?;
+        let head: HeadRow = sqlx::query_as(common::TABLES_HEAD_SQL)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(LedgerTables {
+            ects: ects.into_iter().map(Into::into).collect(),
+            edges: sqlx::query_as(common::TABLES_EDGES_SQL)
+                .fetch_all(&mut *conn)
+                .await?,
+            chain: sqlx::query_as(common::TABLES_CHAIN_SQL)
+                .fetch_all(&mut *conn)
+                .await?,
+            head: (head.seq, head.chain_hash, head.backfill),
+            workflows: sqlx::query_as(common::TABLES_WORKFLOWS_SQL)
+                .fetch_all(&mut *conn)
+                .await?,
+            agents: sqlx::query_as(common::TABLES_AGENTS_SQL)
+                .fetch_all(&mut *conn)
+                .await?,
+        })
+    }
+
     async fn count_ects(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM ects")
             .fetch_one(&self.reader)
@@ -719,18 +751,15 @@ impl Store for SqliteStore {
 
 impl SqliteStore {
     /// The DAG nodes of one workflow, or of the tokens without one (`wid` = `None`), streamed in
-    /// ledger order; `ext` only for checkpoints, the only nodes whose `ext` the graph reads.
+    /// ledger order: chained rows only, each node read from its token (`ext` only for
+    /// checkpoints, the only nodes whose `ext` the graph reads).
     async fn nodes_of(&self, wid: Option<&str>) -> Result<Vec<DagNode>, StoreError> {
         let filter = if wid.is_some() {
-            "wid = ?"
+            "e.wid = ?"
         } else {
-            "wid IS NULL"
+            "e.wid IS NULL"
         };
-        let sql = format!(
-            "SELECT jti, iss, exec_act, iat, parents, \
-             CASE WHEN exec_act = 'checkpoint' THEN ext END AS ext \
-             FROM ects WHERE {filter} ORDER BY seq"
-        );
+        let sql = format!("{} WHERE {filter} ORDER BY e.seq", common::NODE_SOURCE);
         let mut query = sqlx::query_as::<_, DagNodeRow>(sqlx::AssertSqlSafe(sql));
         if let Some(wid) = wid {
             query = query.bind(wid.to_string());
@@ -738,7 +767,7 @@ impl SqliteStore {
         let mut rows = query.fetch(&self.reader);
         let mut nodes = Vec::new();
         while let Some(row) = rows.try_next().await? {
-            nodes.push(row.into_node()?);
+            nodes.extend(row.into_node(wid));
         }
         Ok(nodes)
     }

@@ -5,6 +5,8 @@
 
 pub mod checks;
 pub mod live;
+pub mod pins;
+pub mod tables;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -46,6 +48,15 @@ pub struct VerifyArgs {
     /// check its signed head.
     #[arg(long, conflicts_with = "file")]
     pub live: bool,
+    /// With `--live`: a head or receipt Unwind signed earlier (a line of
+    /// `<data_dir>/ledger-heads.jsonl` or the whole file, `GET /v1/ledger/head`, an ingest
+    /// answer, a `ledger.head` event); the chain must still hold what it names.
+    #[arg(long, requires = "live")]
+    pub head: Option<PathBuf>,
+    /// With `--live`: also read the ledger's tables from this database and check them against
+    /// the chain (row counts and positions, columns against tokens, edges against `par`).
+    #[arg(long, requires = "live")]
+    pub database_url: Option<String>,
     /// Public keys obtained independently (a JWKS); default: the file's own `keys`, or with
     /// `--live` the keys the coordinator serves.
     #[arg(long)]
@@ -365,7 +376,12 @@ pub struct Reported {
 pub async fn verify(args: VerifyArgs) -> Result<(), CliError> {
     let Some(file) = args.file.clone() else {
         let client = Client::new(&args.client)?;
-        return live::verify_live(&client, args.jwks.as_deref(), &args.client.url).await;
+        let options = live::LiveOptions {
+            jwks: args.jwks.as_deref(),
+            head: args.head.as_deref(),
+            database_url: args.database_url.as_deref(),
+        };
+        return live::verify_live(&client, &options, &args.client.url).await;
     };
     let (jwks, skew) = (args.jwks.clone(), args.clock_skew_s);
     let shown = file.display().to_string();
