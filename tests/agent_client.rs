@@ -371,10 +371,7 @@ async fn sends_the_context_header_and_bodies_of_the_protocol() {
         other => panic!("{other:?}"),
     }
     // Execute goes to the URI as given (the agent has no route with the slash).
-    match client
-        .execute_once(&step(&slashed, &rid, &cp, &ec))
-        .await
-    {
+    match client.execute_once(&step(&slashed, &rid, &cp, &ec)).await {
         CallOutcome::Final(e) => assert_eq!(e.status, Some(404), "{e:?}"),
         other => panic!("{other:?}"),
     }
@@ -438,17 +435,15 @@ async fn prepare_5xx_twice_then_prepared() {
 #[tokio::test]
 async fn execute_5xx_twice_then_completed() {
     let (real, cp, proxy) = proxied().await;
-    proxy
-        .plan(Call::Execute, Fault::Status(500), Some(1))
-        .plan(
-            Call::Execute,
-            Fault::Answer {
-                status: 503,
-                content_type: "text/plain",
-                body: "busy".into(),
-            },
-            Some(1),
-        );
+    proxy.plan(Call::Execute, Fault::Status(500), Some(1)).plan(
+        Call::Execute,
+        Fault::Answer {
+            status: 503,
+            content_type: "text/plain",
+            body: "busy".into(),
+        },
+        Some(1),
+    );
     let rid = rollback_id();
     let ec = real.rollback_start(&rid);
     let mut reports = Reports::default();

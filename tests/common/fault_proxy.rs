@@ -297,8 +297,7 @@ async fn serve_one(mut conn: TcpStream, upstream: SocketAddr, state: Arc<Mutex<S
             query,
             context: request.header("execution-context"),
             content_type: request.header("content-type"),
-            body: serde_json::from_slice(&request.raw[request.body_start..])
-                .unwrap_or(Value::Null),
+            body: serde_json::from_slice(&request.raw[request.body_start..]).unwrap_or(Value::Null),
         });
         state.take(call)
     };
@@ -329,7 +328,13 @@ async fn serve_one(mut conn: TcpStream, upstream: SocketAddr, state: Arc<Mutex<S
             };
             let original = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let body = rewrite(&original);
-            answer(&mut conn, status, &[("content-type", content_type.as_str())], &body).await;
+            answer(
+                &mut conn,
+                status,
+                &[("content-type", content_type.as_str())],
+                &body,
+            )
+            .await;
         }
         Some(Fault::Redirect(location)) => {
             let headers = [

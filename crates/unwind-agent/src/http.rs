@@ -202,9 +202,7 @@ fn check_ids(request: RollbackRequest) -> Result<RollbackRequest, String> {
 
 fn refusal_response(refusal: Refusal) -> Response {
     let (status, code, detail) = match refusal {
-        Refusal::Unauthenticated(detail) => {
-            (StatusCode::UNAUTHORIZED, "unauthenticated", detail)
-        }
+        Refusal::Unauthenticated(detail) => (StatusCode::UNAUTHORIZED, "unauthenticated", detail),
         Refusal::HeaderTooLarge => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_large",
@@ -213,9 +211,7 @@ fn refusal_response(refusal: Refusal) -> Response {
         Refusal::BadRequest(detail) => (StatusCode::BAD_REQUEST, "malformed", detail),
         Refusal::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", detail),
         Refusal::Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", detail),
-        Refusal::Unavailable(detail) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
-        }
+        Refusal::Unavailable(detail) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail),
         Refusal::Internal(detail) => {
             tracing::error!(%detail, "internal error");
             (

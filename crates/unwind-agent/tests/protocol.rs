@@ -237,7 +237,10 @@ async fn assert_refused(base: &str, path: &str, ec: Option<&str>, rid: &str, cp:
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "unauthenticated", "{body}");
     assert_eq!(body["status"], 401, "{body}");
-    assert!(body.get("ect").is_none(), "a signed token for an unknown caller: {body}");
+    assert!(
+        body.get("ect").is_none(),
+        "a signed token for an unknown caller: {body}"
+    );
     let text = body.to_string();
     assert!(
         !text.contains("eyJ"),
@@ -517,7 +520,11 @@ async fn a_verified_call_that_fails_gets_a_short_lived_error_ect() {
         (&tampered.jti, "checkpoint_integrity"),
     ] {
         let (status, body) = post(&base, PREPARE, Some(&ec), prepare_body(&rid, cp)).await;
-        assert_eq!((status, &body["status"]), (200, &json!("cannot_prepare")), "{body}");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("cannot_prepare")),
+            "{body}"
+        );
         assert_brief_refusal(&fx, body["ect"].as_str().unwrap(), &rid, reason).await;
         let (status, body) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, cp)).await;
         assert_eq!((status, &body["status"]), (200, &json!("failed")), "{body}");
