@@ -1,7 +1,9 @@
 //! Rollback outcomes through real behaviour: concurrency, retries, timeouts, unreachable and
 //! refusing agents, irreversible and expired checkpoints, decisions, authorization, rate
 //! limits, event streams and conflicts across two servers on one database. Every test runs on
-//! each configured store, against in-process agents of the `unwind-agent` crate.
+//! each configured store, against in-process agents of the `unwind-agent` crate (behind a fault
+//! proxy where a fault is needed). Only tests about deadlines use short call timeouts
+//! ([`deadlines`]); the others keep the generous ones of [`short`].
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::agents::*;
+use common::fault_proxy::{Call, Fault, FaultProxy};
 use common::server::*;
 use serde_json::{Value, json};
 
@@ -81,7 +84,7 @@ async fn retried_calls_are_all_counted_in_attempts() {
 
 #[tokio::test]
 async fn a_hanging_critical_execute_awaits_a_decision_and_abort_ends_it() {
-    for s in servers_with(short).await {
+    for s in servers_with(deadlines).await {
         let log: Log = Arc::default();
         // Restores never finish within the deadline.
         let a = start_agent(&s, "a", "", 3_600_000, &log).await;
@@ -118,7 +121,7 @@ async fn a_hanging_critical_execute_awaits_a_decision_and_abort_ends_it() {
 
 #[tokio::test]
 async fn a_stopped_agent_is_unreachable_at_prepare() {
-    for s in servers_with(short).await {
+    for s in servers_with(deadlines).await {
         let log: Log = Arc::default();
         let a = start_agent(&s, "a", "", 0, &log).await;
         let wid = wid();
@@ -264,82 +267,8 @@ async fn an_expired_checkpoint_cannot_prepare() {
     }
 }
 
-/// A bare agent speaking the protocol without storing answers: it refuses to prepare until
-/// `ready` is set, and always completes its execute.
-async fn start_bare_agent(
-    ready: Arc<std::sync::atomic::AtomicBool>,
-) -> (String, tokio::task::JoinHandle<()>) {
-    use axum::routing::post;
-    use std::sync::atomic::Ordering;
-    let router = axum::Router::new()
-        .route(
-            "/.well-known/cascade/rollback/prepare",
-            post(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.load(Ordering::SeqCst) {
-                        axum::Json(json!({"status": "prepared"}))
-                    } else {
-                        axum::Json(json!({"status": "cannot_prepare", "reason": "busy"}))
-                    }
-                }
-            }),
-        )
-        .route(
-            "/.well-known/cascade/rollback",
-            post(|| async { axum::Json(json!({"status": "completed"})) }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "http://{}/.well-known/cascade/rollback",
-        listener.local_addr().unwrap()
-    );
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (uri, task)
-}
-
 #[tokio::test]
 async fn retry_after_cannot_prepare_completes() {
-    for s in servers_with(short).await {
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (uri, _task) = start_bare_agent(ready.clone()).await;
-        let wid = wid();
-        let jti = uuid::Uuid::new_v4().to_string();
-        let mut c = checkpoint_claims("bare", &jti, &wid, &[]);
-        c["ext"]["cascade.rollback_uri"] = json!(uri);
-        s.ingest_ok(&[s.sign(&c)]).await;
-
-        let id = accepted(&s, json!({"checkpoint_id": jti, "scope": "single"})).await;
-        let waiting = wait_for(
-            &s,
-            &id,
-            &["awaiting_decision", "completed", "partial", "failed"],
-        )
-        .await;
-        assert_eq!(
-            waiting["status"], "awaiting_decision",
-            "{}: {waiting}",
-            s.name
-        );
-        assert_eq!(step(&waiting, &jti)["prepare_status"], "cannot_prepare");
-        ready.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(decide(&s, &id, "retry").await.status(), 200);
-        let done = wait_for(&s, &id, TERMINAL).await;
-        assert_eq!(done["status"], "completed", "{}: {done}", s.name);
-        let st = step(&done, &jti);
-        assert_eq!(st["prepare_status"], "prepared", "{st}");
-        assert_eq!(st["execute_status"], "completed", "{st}");
-        assert_eq!(st["error"], Value::Null, "{st}");
-        assert_eq!(st["attempts"], 3, "{st}");
-        assert_eq!(done["failed_agents"], json!([]), "{done}");
-        assert_eq!(complete_status(&s, &done).await, "completed");
-    }
-}
-
-#[tokio::test]
-async fn retry_after_cannot_prepare_completes_with_the_library_agent() {
     for s in servers_with(short).await {
         let log: Log = Arc::default();
         let a = start_agent(&s, "a", "cannot_prepare", 0, &log).await;
@@ -359,6 +288,7 @@ async fn retry_after_cannot_prepare_completes_with_the_library_agent() {
             "{}: {waiting}",
             s.name
         );
+        assert_eq!(step(&waiting, &cp_a)["prepare_status"], "cannot_prepare");
         a.behave("prepared");
         assert_eq!(decide(&s, &id, "retry").await.status(), 200);
         let done = wait_for(&s, &id, TERMINAL).await;
@@ -367,6 +297,7 @@ async fn retry_after_cannot_prepare_completes_with_the_library_agent() {
         assert_eq!(st["prepare_status"], "prepared", "{st}");
         assert_eq!(st["execute_status"], "completed", "{st}");
         assert_eq!(st["error"], Value::Null, "{st}");
+        assert_eq!(st["attempts"], 3, "{st}");
         assert_eq!(done["failed_agents"], json!([]), "{done}");
         assert_eq!(complete_status(&s, &done).await, "completed");
     }
@@ -778,7 +709,7 @@ async fn concurrent_conflicts_on_two_servers_answer_like_a_serial_run() {
 async fn every_step_gets_its_own_deadline() {
     // Each restore fits in the deadline, but both together do not.
     for s in servers_with(|c| {
-        short(c);
+        deadlines(c);
         c.rollback.agent_timeout_ms = 2900;
     })
     .await
@@ -799,59 +730,23 @@ async fn every_step_gets_its_own_deadline() {
     }
 }
 
-/// A bare agent whose execute answers 500 until `ready` is set.
-async fn start_flaky_executor(
-    ready: Arc<std::sync::atomic::AtomicBool>,
-) -> (String, tokio::task::JoinHandle<()>) {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    use axum::routing::post;
-    use std::sync::atomic::Ordering;
-    let router = axum::Router::new()
-        .route(
-            "/.well-known/cascade/rollback/prepare",
-            post(|| async { axum::Json(json!({"status": "prepared"})) }),
-        )
-        .route(
-            "/.well-known/cascade/rollback",
-            post(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.load(Ordering::SeqCst) {
-                        axum::Json(json!({"status": "completed"})).into_response()
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE.into_response()
-                    }
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!(
-        "http://{}/.well-known/cascade/rollback",
-        listener.local_addr().unwrap()
-    );
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (uri, task)
-}
-
 #[tokio::test]
 async fn retry_after_a_failed_critical_execute_runs_it_again() {
     // The failing calls open the agent's circuit breaker; a short cooldown lets the retried
     // step's probe through within its deadline.
     let adjust = |c: &mut unwind::config::Config| {
-        short(c);
+        deadlines(c);
         c.circuit.cooldown_s = 1;
     };
     for s in servers_with(adjust).await {
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (uri, _task) = start_flaky_executor(ready.clone()).await;
+        let log: Log = Arc::default();
+        let a = start_agent(&s, "a", "", 0, &log).await;
+        // Every execute answers 503 (the agent never sees it) until the proxy heals.
+        let proxy = FaultProxy::start(&a.uri).await;
+        proxy.plan(Call::Execute, Fault::Status(503), None);
         let wid = wid();
-        let jti = uuid::Uuid::new_v4().to_string();
-        let mut c = checkpoint_claims("bare", &jti, &wid, &[]);
-        c["ext"]["cascade.rollback_uri"] = json!(uri);
-        s.ingest_ok(&[s.sign(&c)]).await;
+        let (jti, token) = a.checkpoint_at(&wid, &[], &proxy.uri).await;
+        s.ingest_ok(&[token]).await;
 
         let id = accepted(&s, json!({"checkpoint_id": jti, "scope": "single"})).await;
         let waiting = wait_for(
@@ -870,11 +765,13 @@ async fn retry_after_a_failed_critical_execute_runs_it_again() {
             "failed",
             "{waiting}"
         );
-        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(proxy.injected() >= 1, "{}", s.name);
+        proxy.heal();
         assert_eq!(decide(&s, &id, "retry").await.status(), 200);
         let done = wait_for(&s, &id, TERMINAL).await;
         assert_eq!(done["status"], "completed", "{}: {done}", s.name);
         assert_eq!(step(&done, &jti)["execute_status"], "completed", "{done}");
+        assert_eq!(a.calls().1, 1, "{}: the agent executed once", s.name);
     }
 }
 

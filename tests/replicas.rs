@@ -11,8 +11,11 @@
 //! Afterwards: every rollback is terminal; precedence held; no agent executed a checkpoint twice
 //! for one `rollback_id`; every acknowledged ECT is stored once and the hash chain verifies;
 //! every webhook event the store recorded was delivered; each rollback has exactly one
-//! `rollback_complete`; one cascade alert per (wid, pattern, root cause); the open breaker is seen
-//! by every replica. PostgreSQL only (skipped without it, never on CI).
+//! `rollback_complete`; one cascade alert per (wid, pattern, root cause), and every error chain
+//! and fan raised its pattern's alert; the open breaker is seen by every replica; no replica
+//! answered a 5xx (a dying replica drops its connections, it does not answer 5xx); at least one
+//! rollback was taken over by another replica. PostgreSQL only (skipped without it, never on
+//! CI).
 //!
 //! The seed is printed; `REPLICAS_SEED=<n>` replays the same choices.
 
@@ -106,7 +109,8 @@ struct Cluster {
     client: reqwest::Client,
     /// Requests that failed (connection refused or reset, 5xx) and were sent again.
     retries: AtomicU64,
-    server_errors: AtomicU64,
+    /// 5xx answers: (request, status, body).
+    server_errors: Mutex<Vec<String>>,
 }
 
 impl Cluster {
@@ -129,10 +133,13 @@ impl Cluster {
             if let Some(base) = self.pick(rng) {
                 match build(&self.client, &base).send().await {
                     Ok(r) if r.status().is_server_error() => {
-                        self.server_errors.fetch_add(1, Ordering::Relaxed);
                         let status = r.status();
                         let body = r.text().await.unwrap_or_default();
                         eprintln!("{what}: {status} from {base}: {body}");
+                        self.server_errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("{what}: {status} from {base}: {body}"));
                     }
                     Ok(r) => {
                         let status = r.status().as_u16();
@@ -533,8 +540,8 @@ async fn replicas_sigkilled_under_load_lose_nothing() {
 [rollback]
 lease_s = 3
 poll_ms = 200
-agent_timeout_ms = 3000
-step_deadline_s = 8
+agent_timeout_ms = 10000
+step_deadline_s = 20
 requests_per_s = 1000
 requests_burst = 1000
 max_active = 64
@@ -583,7 +590,7 @@ secret = "{SECRET}"
             .build()
             .unwrap(),
         retries: AtomicU64::new(0),
-        server_errors: AtomicU64::new(0),
+        server_errors: Mutex::default(),
     });
 
     // Agents: two fast, two slow, one failing its first two calls (retried, too few to open its
@@ -878,6 +885,19 @@ secret = "{SECRET}"
         .iter()
         .filter(|w| !alerted.contains(w.as_str()))
         .collect();
+    assert!(missed.is_empty(), "cascades without an alert: {missed:?}");
+    // The chains come first, then the fans: each raised its own pattern.
+    let (chains, fans) = cascade_wids.split_at(DEPTH_CHAINS);
+    for (wids, pattern) in [(chains, "depth_first"), (fans, "breadth_first")] {
+        for w in wids {
+            assert!(
+                alerts
+                    .iter()
+                    .any(|a| a["wid"] == w.as_str() && a["pattern"] == pattern),
+                "{w}: no {pattern} alert: {alerts:?}"
+            );
+        }
+    }
 
     // -- The broken agent's breaker, opened by one replica, is open on all of them.
     let broken = agent_id("broken");
@@ -958,7 +978,7 @@ secret = "{SECRET}"
         missed.len(),
         cascade_wids.len(),
         cluster.retries.load(Ordering::Relaxed),
-        cluster.server_errors.load(Ordering::Relaxed),
+        cluster.server_errors.lock().unwrap().len(),
         started.elapsed()
     );
     assert!(
@@ -966,4 +986,10 @@ secret = "{SECRET}"
         "too few kills ({kills}) to prove anything"
     );
     assert!(refused + superseded > 0, "no conflict was exercised");
+    let server_errors = cluster.server_errors.lock().unwrap().clone();
+    assert!(server_errors.is_empty(), "5xx answers: {server_errors:#?}");
+    assert!(
+        reclaimed >= 1,
+        "{kills} SIGKILLs while rollbacks ran, yet no rollback was taken over"
+    );
 }

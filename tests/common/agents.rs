@@ -132,10 +132,21 @@ pub async fn serve_agent_with<C>(
     }
 }
 
+/// Fast polling, with call timeouts and step deadlines no healthy agent comes near, even on a
+/// loaded two-core machine: a call that times out counts against the agent's circuit breaker,
+/// whose cooldown then outlasts the test. For tests that are not about timeouts.
 pub fn short(c: &mut Config) {
-    c.rollback.agent_timeout_ms = 300;
-    c.rollback.step_deadline_s = 3;
+    c.rollback.agent_timeout_ms = 10_000;
+    c.rollback.step_deadline_s = 20;
     c.rollback.poll_ms = 100;
+}
+
+/// For tests about deadlines (an agent that hangs, is stopped or keeps failing): calls time out
+/// after 1 s and steps give up after 3 s, well within [`wait_for`]'s patience.
+pub fn deadlines(c: &mut Config) {
+    short(c);
+    c.rollback.agent_timeout_ms = 1000;
+    c.rollback.step_deadline_s = 3;
 }
 
 /// The public keys the coordinator at `base` serves, as its agents trust them.
@@ -217,6 +228,30 @@ impl<C> TestAgent<C> {
         parents: &[String],
         ttl: u64,
     ) -> (String, String) {
+        self.checkpoint_with(wid, parents, ttl, &self.uri).await
+    }
+
+    pub async fn checkpoint(&self, wid: &str, parents: &[String]) -> (String, String) {
+        self.checkpoint_ttl(wid, parents, 3600).await
+    }
+
+    /// A checkpoint whose rollback endpoint is `uri` (e.g. a fault proxy in front of the agent).
+    pub async fn checkpoint_at(
+        &self,
+        wid: &str,
+        parents: &[String],
+        uri: &str,
+    ) -> (String, String) {
+        self.checkpoint_with(wid, parents, 3600, uri).await
+    }
+
+    async fn checkpoint_with(
+        &self,
+        wid: &str,
+        parents: &[String],
+        ttl: u64,
+        uri: &str,
+    ) -> (String, String) {
         let (cp, token) = self
             .agent
             .checkpoint(
@@ -226,15 +261,11 @@ impl<C> TestAgent<C> {
                 true,
                 wid,
                 parents,
-                Some(&self.uri),
+                Some(uri),
             )
             .await
             .unwrap();
         (cp.jti, token)
-    }
-
-    pub async fn checkpoint(&self, wid: &str, parents: &[String]) -> (String, String) {
-        self.checkpoint_ttl(wid, parents, 3600).await
     }
 
     pub fn action(&self, wid: &str, exec_act: &str, parents: &[String]) -> (String, String) {

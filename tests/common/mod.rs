@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod browser;
+pub mod fault_proxy;
 pub mod pg_cluster;
 pub mod process;
 pub mod receiver;

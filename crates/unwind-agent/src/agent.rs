@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use unwind_ect::config::{TrustConfig, TrustIssuerConfig};
 use unwind_ect::{Profile, SigningKey, TrustStore, VerifiedEct, Verifier, VerifyPolicy};
 
-use crate::ects::{EXEC_ACT_VERIFICATION_FAILED, EctSigner, RollbackResult, SignError};
+use crate::ects::{EctSigner, RollbackResult, SignError};
 use crate::store::{AnswerKey, CheckpointStore, Claim, StoreError, StoredCheckpoint};
 
 /// How long a duplicate request waits for the answer of the request that holds its key.
@@ -307,11 +307,9 @@ impl std::fmt::Debug for Agent {
 /// A refusal of a rollback request, turned into an HTTP error by the router.
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// 401: the `Execution-Context` is missing or does not authorise this request.
-    Unauthenticated {
-        detail: String,
-        ect: Option<String>,
-    },
+    /// 401: the `Execution-Context` is missing or does not authorise this request. Never
+    /// carries a signed token: the caller is unknown.
+    Unauthenticated(String),
     /// 431: the header is too large.
     HeaderTooLarge,
     BadRequest(String),
@@ -469,7 +467,7 @@ impl Agent {
 
     /// Verifies the `Execution-Context` tokens of a request: issued by the trusted
     /// coordinator, naming this agent in `aud`, and (for prepare/execute) a `rollback_start`
-    /// whose `cascade.rollback_id`, when present, is the body's.
+    /// whose `cascade.rollback_id` is the body's.
     pub(crate) async fn authenticate(
         &self,
         tokens: &[&str],
@@ -519,7 +517,12 @@ impl Agent {
                 truncate_id(&ect.exec_act)
             ));
         }
-        if let (Some(expected), Some(named)) = (rollback_id, ect.ext.get("cascade.rollback_id"))
+        let named = ect.ext.get("cascade.rollback_id");
+        if require_rollback_start && named.is_none() {
+            // Unbound to one rollback, the token could be replayed for any rollback_id.
+            return Err("the rollback_start names no cascade.rollback_id".into());
+        }
+        if let (Some(expected), Some(named)) = (rollback_id, named)
             && named.as_str() != Some(expected)
         {
             return Err("cascade.rollback_id does not match the request".into());
@@ -527,8 +530,10 @@ impl Agent {
         Ok(ect)
     }
 
-    /// The error ECT that goes with a refused rollback request.
-    pub(crate) fn refusal_ect(
+    /// The error ECT that goes with a verified rollback request the agent cannot carry out.
+    /// Only called after [`Agent::authenticate`] accepted the coordinator's token: signing for
+    /// an unknown caller would make the agent a signing oracle.
+    fn refusal_ect(
         &self,
         reason: &str,
         request: Option<&RollbackRequest>,
@@ -540,11 +545,7 @@ impl Agent {
             extra.insert("cascade.rollback_id".into(), json!(req.rollback_id));
             extra.insert("cascade.checkpoint_id".into(), json!(req.checkpoint_id));
         }
-        match self
-            .inner
-            .signer
-            .error_ect(EXEC_ACT_VERIFICATION_FAILED, reason, wid, parents, extra)
-        {
+        match self.inner.signer.refusal_ect(reason, wid, parents, extra) {
             Ok(token) => Some(token),
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign an error ECT");

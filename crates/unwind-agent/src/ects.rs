@@ -12,8 +12,12 @@ use crate::store::{StoredCheckpoint, now_unix};
 /// the coordinator to record them.
 pub const DEFAULT_EVIDENCE_TTL_S: i64 = 24 * 3600;
 
-/// `exec_act` of the error ECT returned when a rollback request or checkpoint fails
-/// verification.
+/// Longest lifetime of the error ECT that answers a refused coordinator call: it is recorded at
+/// once or not at all, so a long-lived one would only be a token to replay.
+pub const MAX_REFUSAL_TTL_S: i64 = 300;
+
+/// `exec_act` of the error ECT returned when a verified rollback request cannot be carried out
+/// (an expired checkpoint, a snapshot that fails verification).
 pub const EXEC_ACT_VERIFICATION_FAILED: &str = "rollback_verification_failed";
 
 /// Signing failed (the key could not sign, or the claims could not be serialised).
@@ -152,6 +156,22 @@ impl EctSigner {
         ext.insert("cascade.error".into(), Value::Bool(true));
         ext.insert("cascade.reason".into(), json!(truncate(reason, 512)));
         self.action_ect(exec_act, wid, parents, ext)
+    }
+
+    /// The error ECT answering a verified coordinator call that is refused: like
+    /// [`EctSigner::error_ect`], with `exp` at most [`MAX_REFUSAL_TTL_S`] after `iat`.
+    pub fn refusal_ect(
+        &self,
+        reason: &str,
+        wid: Option<&str>,
+        parents: &[String],
+        extra: Map<String, Value>,
+    ) -> Result<String, SignError> {
+        let brief = Self {
+            evidence_ttl_s: self.evidence_ttl_s.min(MAX_REFUSAL_TTL_S),
+            ..self.clone()
+        };
+        brief.error_ect(EXEC_ACT_VERIFICATION_FAILED, reason, wid, parents, extra)
     }
 
     /// The agent's record of an executed rollback: `rollback_complete`, or `compensate` when

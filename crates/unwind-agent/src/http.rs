@@ -3,8 +3,9 @@
 //! - `POST /.well-known/cascade/rollback`
 //! - `GET /.well-known/cascade/checkpoints/{jti}`
 //!
-//! Errors are `application/problem+json` with a `code` member; refused prepare/execute requests
-//! also carry the agent's signed error ECT in `ect`.
+//! Errors are `application/problem+json` with a `code` member and never a signed token: the
+//! agent signs only for a caller whose `Execution-Context` verified (its answers, and the error
+//! ECTs of `cannot_prepare` / `failed`).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::agent::{Agent, Phase, Refusal, RollbackRequest, truncate_id};
 
@@ -108,9 +109,7 @@ async fn handle(
         Ok(ect) => ect,
         Err(detail) => {
             tracing::info!(phase = ?phase, %detail, "rollback request refused");
-            let reason = format!("execution_context: {detail}");
-            let ect = agent.refusal_ect(&reason, request, None, &[]);
-            return refusal_response(Refusal::Unauthenticated { detail, ect });
+            return refusal_response(Refusal::Unauthenticated(detail));
         }
     };
     let request = match parsed {
@@ -136,7 +135,7 @@ async fn probe(
     };
     let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
     if let Err(detail) = agent.authenticate(&token_refs, None, false).await {
-        return refusal_response(Refusal::Unauthenticated { detail, ect: None });
+        return refusal_response(Refusal::Unauthenticated(detail));
     }
     let store = agent.store();
     let checkpoint = match store.get(&jti).await {
@@ -169,10 +168,9 @@ fn execution_context(headers: &HeaderMap) -> Result<Vec<String>, Refusal> {
             return Err(Refusal::HeaderTooLarge);
         }
         let Ok(text) = value.to_str() else {
-            return Err(Refusal::Unauthenticated {
-                detail: "Execution-Context is not ASCII".into(),
-                ect: None,
-            });
+            return Err(Refusal::Unauthenticated(
+                "Execution-Context is not ASCII".into(),
+            ));
         };
         tokens.extend(
             text.split(',')
@@ -203,52 +201,39 @@ fn check_ids(request: RollbackRequest) -> Result<RollbackRequest, String> {
 }
 
 fn refusal_response(refusal: Refusal) -> Response {
-    let (status, code, detail, ect) = match refusal {
-        Refusal::Unauthenticated { detail, ect } => {
-            (StatusCode::UNAUTHORIZED, "unauthenticated", detail, ect)
-        }
+    let (status, code, detail) = match refusal {
+        Refusal::Unauthenticated(detail) => (StatusCode::UNAUTHORIZED, "unauthenticated", detail),
         Refusal::HeaderTooLarge => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_large",
             format!("Execution-Context over {MAX_EXECUTION_CONTEXT_BYTES} bytes"),
-            None,
         ),
-        Refusal::BadRequest(detail) => (StatusCode::BAD_REQUEST, "malformed", detail, None),
-        Refusal::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", detail, None),
-        Refusal::Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", detail, None),
-        Refusal::Unavailable(detail) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail, None)
-        }
+        Refusal::BadRequest(detail) => (StatusCode::BAD_REQUEST, "malformed", detail),
+        Refusal::NotFound(detail) => (StatusCode::NOT_FOUND, "not_found", detail),
+        Refusal::Forbidden(detail) => (StatusCode::FORBIDDEN, "forbidden", detail),
+        Refusal::Unavailable(detail) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail),
         Refusal::Internal(detail) => {
             tracing::error!(%detail, "internal error");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "internal error".to_owned(),
-                None,
             )
         }
     };
-    problem(status, code, &detail, ect)
+    problem(status, code, &detail)
 }
 
-/// An `application/problem+json` body with `code` (and `ect` when there is one).
-pub(crate) fn problem(
-    status: StatusCode,
-    code: &str,
-    detail: &str,
-    ect: Option<String>,
-) -> Response {
-    let mut body = json!({
+/// An `application/problem+json` body with `code`. It has no room for a token on purpose:
+/// refusals are not signed.
+pub(crate) fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
+    let body = json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "code": code,
         "detail": detail,
     });
-    if let Some(ect) = ect {
-        body["ect"] = Value::String(ect);
-    }
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

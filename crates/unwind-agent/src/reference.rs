@@ -263,7 +263,6 @@ async fn behave(State(controls): State<Arc<Controls>>, request: Request, next: N
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "programmed failure",
-            None,
         );
     }
     next.run(request).await
@@ -283,7 +282,7 @@ async fn set_behaviour(
             controls.set_behaviour(b);
             get_behaviour(State(controls)).await.into_response()
         }
-        Err(e) => problem(StatusCode::BAD_REQUEST, "malformed", &e.to_string(), None),
+        Err(e) => problem(StatusCode::BAD_REQUEST, "malformed", &e.to_string()),
     }
 }
 

@@ -263,3 +263,58 @@ async fn serve_programmed_answers_and_no_test_controls_by_default() {
         serde_json::to_value(agent_key(dir.path()).public_jwks()).unwrap()
     );
 }
+
+/// The reference agent as deployed: a POST with no, a garbage or a forged `Execution-Context`
+/// gets a plain problem, never a token signed by the agent (which the coordinator would
+/// ingest as the agent's).
+#[tokio::test]
+async fn serve_signs_nothing_for_an_unauthenticated_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = key();
+    let served = start(dir.path(), &coord, &[]).await;
+    let base = served.base.clone();
+    let token = checkpoint(
+        dir.path(),
+        b"s",
+        &format!("{base}/.well-known/cascade/rollback"),
+    )
+    .await;
+    let cp = verify(&agent_verifier(dir.path(), &agent_key(dir.path())), &token)
+        .await
+        .jti;
+    let rid = rollback_id();
+    let forged = rollback_start(&key(), &rid);
+    for ec in [None, Some("not-a-token"), Some(forged.as_str())] {
+        for (path, body) in [
+            (PREPARE, prepare_body(&rid, &cp)),
+            (EXECUTE, execute_body(&rid, &cp)),
+        ] {
+            let mut req = client().post(format!("{base}{path}")).json(&body);
+            if let Some(ec) = ec {
+                req = req.header("Execution-Context", ec);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{path} {ec:?}");
+            assert_eq!(
+                resp.headers()["content-type"].to_str().unwrap(),
+                "application/problem+json"
+            );
+            let text = resp.text().await.unwrap();
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body["code"], "unauthenticated", "{text}");
+            assert!(
+                body.get("ect").is_none() && !text.contains("eyJ"),
+                "{path} {ec:?}: the agent signed for an unknown caller: {text}"
+            );
+        }
+    }
+    // The coordinator's own call still works.
+    let (status, body) = post(
+        &base,
+        PREPARE,
+        Some(&rollback_start(&coord, &rid)),
+        prepare_body(&rid, &cp),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"status": "prepared"})));
+}

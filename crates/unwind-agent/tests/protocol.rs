@@ -216,40 +216,40 @@ async fn execute_interrupted_by_a_restart_is_escalated_not_rerun() {
     assert_eq!(again, body);
 }
 
-/// Checks a 401 answer: problem body, and for prepare/execute an error ECT signed by the agent.
-async fn assert_refused(
-    fx: &Fixture,
-    base: &str,
-    path: &str,
-    ec: Option<&str>,
-    rid: &str,
-    cp: &str,
-) {
+/// Checks a 401 answer: a problem body and nothing signed (the caller is unknown, so a signed
+/// token would make the agent a signing oracle).
+async fn assert_refused(base: &str, path: &str, ec: Option<&str>, rid: &str, cp: &str) {
     let body = if path == PREPARE {
         prepare_body(rid, cp)
     } else {
         execute_body(rid, cp)
     };
-    let (status, body) = post(base, path, ec, body).await;
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(body["code"], "unauthenticated");
-    let ect = body["ect"].as_str().expect("error ECT in the 401 body");
-    let ect = verify(&fx.agent_verifier(), ect).await;
-    assert_eq!(ect.iss, AGENT);
-    assert_eq!(ect.exec_act, "rollback_verification_failed");
-    assert_eq!(ect.ext["cascade.error"], json!(true));
-    assert!(
-        ect.ext["cascade.reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("execution_context")
+    let mut req = client().post(format!("{base}{path}")).json(&body);
+    if let Some(ec) = ec {
+        req = req.header("Execution-Context", ec);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
     );
-    assert_eq!(ect.ext["cascade.rollback_id"], json!(rid));
-    assert!(ect.is_error());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "unauthenticated", "{body}");
+    assert_eq!(body["status"], 401, "{body}");
+    assert!(
+        body.get("ect").is_none(),
+        "a signed token for an unknown caller: {body}"
+    );
+    let text = body.to_string();
+    assert!(
+        !text.contains("eyJ"),
+        "nothing JWS-shaped in a refusal: {text}"
+    );
 }
 
 #[tokio::test]
-async fn bad_execution_context_is_401_with_an_error_ect() {
+async fn bad_execution_context_is_401_and_signs_nothing() {
     let fx = Fixture::new();
     let handler = Arc::new(CountingHandler::default());
     let agent = fx.agent(fx.store().await, handler.clone());
@@ -301,6 +301,16 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
             )),
         ),
         (
+            "bound to no rollback",
+            Some(rollback_start_with(
+                &fx.coord,
+                COORDINATOR,
+                &[COORDINATOR, AGENT],
+                &rid,
+                json!({"ext": {"cascade.scope": "sub_dag"}}),
+            )),
+        ),
+        (
             "expired",
             Some(rollback_start_with(
                 &fx.coord,
@@ -314,7 +324,7 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
     for (name, ec) in &cases {
         for path in [PREPARE, EXECUTE] {
             eprintln!("case: {name} {path}");
-            assert_refused(&fx, &base, path, ec.as_deref(), &rid, &cp.jti).await;
+            assert_refused(&base, path, ec.as_deref(), &rid, &cp.jti).await;
         }
         // Probes only for the trusted coordinator (no ECT needed there); any verifying
         // coordinator token addressed to the agent will do.
@@ -324,7 +334,10 @@ async fn bad_execution_context_is_401_with_an_error_ect() {
             ec.as_deref(),
         )
         .await;
-        let probe_ok = matches!(*name, "other rollback" | "not a rollback_start");
+        let probe_ok = matches!(
+            *name,
+            "other rollback" | "not a rollback_start" | "bound to no rollback"
+        );
         assert_eq!(status, if probe_ok { 200 } else { 401 }, "{name}: {body}");
     }
     assert_eq!(handler.restores.load(Ordering::SeqCst), 0);
@@ -454,6 +467,69 @@ async fn expired_and_irreversible_cannot_prepare() {
     assert_eq!(body["status"], "escalated");
     assert_eq!(handler.restores.load(Ordering::SeqCst), 0);
     assert_eq!(handler.prepares.load(Ordering::SeqCst), 0);
+}
+
+/// Checks a signed refusal: the agent's error ECT for the coordinator, for this rollback, and
+/// short-lived (at most 300 s) whatever the agent's evidence lifetime.
+async fn assert_brief_refusal(fx: &Fixture, token: &str, rid: &str, reason: &str) {
+    let ect = verify(&fx.agent_verifier(), token).await;
+    assert_eq!(ect.iss, AGENT);
+    assert_eq!(ect.aud, vec![COORDINATOR.to_owned()]);
+    assert_eq!(ect.exec_act, "rollback_verification_failed");
+    assert!(ect.is_error());
+    assert_eq!(ect.ext["cascade.rollback_id"], json!(rid));
+    assert!(
+        ect.ext["cascade.reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(reason)),
+        "{:?}",
+        ect.ext
+    );
+    assert!(
+        ect.exp - ect.iat <= 300 && ect.exp > ect.iat,
+        "an error ECT valid {} s",
+        ect.exp - ect.iat
+    );
+}
+
+#[tokio::test]
+async fn a_verified_call_that_fails_gets_a_short_lived_error_ect() {
+    let fx = Fixture::new();
+    let store = fx.store().await;
+    let agent = fx.agent(store.clone(), Arc::new(CountingHandler::default()));
+    let (tampered, _) = agent
+        .checkpoint(SNAPSHOT, 3600, None, true, WID, &[], Some(URI))
+        .await
+        .unwrap();
+    // Recorded last: recording purges expired checkpoints.
+    let expired = store
+        .record_at(SNAPSHOT, 60, None, true, now_unix() - 3600)
+        .await
+        .unwrap();
+    tamper(
+        &fx,
+        "UPDATE checkpoints SET ciphertext = CAST(zeroblob(length(ciphertext)) AS BLOB) WHERE jti = ?",
+        &tampered.jti,
+    )
+    .await;
+    let (base, _server) = serve(agent.router()).await;
+    let rid = rollback_id();
+    let ec = fx.rollback_start(&rid);
+    for (cp, reason) in [
+        (&expired.jti, "checkpoint_expired"),
+        (&tampered.jti, "checkpoint_integrity"),
+    ] {
+        let (status, body) = post(&base, PREPARE, Some(&ec), prepare_body(&rid, cp)).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("cannot_prepare")),
+            "{body}"
+        );
+        assert_brief_refusal(&fx, body["ect"].as_str().unwrap(), &rid, reason).await;
+        let (status, body) = post(&base, EXECUTE, Some(&ec), execute_body(&rid, cp)).await;
+        assert_eq!((status, &body["status"]), (200, &json!("failed")), "{body}");
+        assert_brief_refusal(&fx, body["ect"].as_str().unwrap(), &rid, reason).await;
+    }
 }
 
 /// Opens the agent's database file directly, as an attacker with disk access would.
