@@ -10,8 +10,8 @@
 //! Properties: no panic; every refusal is a problem with a 4xx status and a documented code,
 //! `malformed` only for what is not JSON; an accepted rollback request has a canonical id,
 //! exactly its one target, the caller's rules applied, and only text the store can hold. A
-//! return path is followed only when it is a console path of printable ASCII without `//`,
-//! `\\` or dot segments, and answering with it never panics.
+//! return path is followed only when it is a console path of printable ASCII without `//`, a
+//! backslash or dot segments, and answering with it never panics.
 #![no_main]
 
 use axum::body::Body;
