@@ -424,10 +424,7 @@ async fn every_console_form_refuses_a_missing_or_foreign_csrf_token() {
                 form
             };
             let cases = [
-                (
-                    decision.as_str(),
-                    with(vec![("decision", "abort".into())]),
-                ),
+                (decision.as_str(), with(vec![("decision", "abort".into())])),
                 (resolve.as_str(), with(vec![("comment", "done".into())])),
                 ("/ui/logout", with(vec![])),
             ];
@@ -573,7 +570,12 @@ async fn signing_in_never_follows_a_next_with_control_characters() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "next {next:?}");
         assert_eq!(r.headers()[LOCATION], "/ui/workflows", "next {next:?}");
-        assert!(r.headers()[SET_COOKIE].to_str().unwrap().contains("HttpOnly"));
+        assert!(
+            r.headers()[SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .contains("HttpOnly")
+        );
         // The sign-in page offers only a followable `next` back.
         let r = no_redirects()
             .get(reqwest::Url::parse_with_params(&s.url("/ui/login"), [("next", next)]).unwrap())
@@ -690,7 +692,10 @@ async fn agents_are_shown_by_their_whole_id() {
         // The node table, the selected node's panel and its blast radius's agents.
         assert!(page.matches(&shown).count() >= 3, "{}: {page}", s.name);
         assert!(!page.contains("<td>admin</td>"), "{page}");
-        assert!(!page.contains(">admin<"), "never the last segment alone: {page}");
+        assert!(
+            !page.contains(">admin<"),
+            "never the last segment alone: {page}"
+        );
         // The drawing has room for little: the id shortened visibly, the whole in its label.
         assert!(page.contains(&format!(" by {admin}, ")), "{page}");
         assert!(

@@ -321,8 +321,7 @@ fn sse_events(text: &str) -> Vec<(String, Option<i64>, Value)> {
 }
 
 #[tokio::test]
-async fn the_event_stream_sends_the_whole_rollback_first_and_last_and_only_changed_steps_between()
-{
+async fn the_event_stream_sends_the_whole_rollback_first_and_last_and_only_changed_steps_between() {
     for s in servers_with(short).await {
         let log: Log = std::sync::Arc::default();
         // Slow agents: every step changes at its own time.
@@ -347,7 +346,10 @@ async fn the_event_stream_sends_the_whole_rollback_first_and_last_and_only_chang
         let (first, last) = (&events[0], events.last().unwrap());
         assert_eq!(first.0, "rollback", "{}: {text}", s.name);
         assert_eq!(first.2["rollback_id"], id.as_str());
-        assert_eq!(last.0, "rollback", "the last event is the whole rollback: {text}");
+        assert_eq!(
+            last.0, "rollback",
+            "the last event is the whole rollback: {text}"
+        );
         assert_eq!(last.2["status"], "completed", "{text}");
         let (_, now) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
         assert_eq!(last.2, now, "the last event is the resource as served");
@@ -361,18 +363,36 @@ async fn the_event_stream_sends_the_whole_rollback_first_and_last_and_only_chang
             .as_array()
             .unwrap()
             .iter()
-            .map(|st| (st["checkpoint_id"].as_str().unwrap().to_string(), st.clone()))
+            .map(|st| {
+                (
+                    st["checkpoint_id"].as_str().unwrap().to_string(),
+                    st.clone(),
+                )
+            })
             .collect();
         let mut carried = 0;
         for (event, id, delta) in middle {
             assert_eq!(event, "rollback.delta", "{text}");
-            let mut keys: Vec<&str> = delta.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+            let mut keys: Vec<&str> = delta
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
             keys.sort_unstable();
-            assert_eq!(keys, ["status", "steps", "updated_at", "version"], "{delta}");
+            assert_eq!(
+                keys,
+                ["status", "steps", "updated_at", "version"],
+                "{delta}"
+            );
             assert_eq!(Some(delta["version"].as_i64().unwrap()), *id);
             for step in delta["steps"].as_array().unwrap() {
                 let cp = step["checkpoint_id"].as_str().unwrap().to_string();
-                assert_ne!(known.get(&cp), Some(step), "an unchanged step was sent again: {text}");
+                assert_ne!(
+                    known.get(&cp),
+                    Some(step),
+                    "an unchanged step was sent again: {text}"
+                );
                 known.insert(cp, step.clone());
                 carried += 1;
             }

@@ -355,10 +355,11 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
                 return Err(stream_error(id, &event.data));
             }
             let data: Value = match event.event.as_str() {
-                "" | "rollback" | "rollback.delta" => serde_json::from_str(&event.data)
-                    .map_err(|e| {
+                "" | "rollback" | "rollback.delta" => {
+                    serde_json::from_str(&event.data).map_err(|e| {
                         CliError::Failed(format!("unreadable event {}: {e}", event.data))
-                    })?,
+                    })?
+                }
                 _ => continue,
             };
             let resource = match (event.event.as_str(), last.take()) {

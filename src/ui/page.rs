@@ -32,15 +32,17 @@ pub fn console_path(raw: &str) -> Option<&str> {
         && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
         && !path.contains("//")
         && !path.to_ascii_lowercase().contains("%2e")
-        && !path.split('/').any(|segment| segment == "." || segment == "..");
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
     acceptable.then_some(raw)
 }
 
 /// A `303 See Other` to `to`; a target that is not a valid header value (it never is once
 /// [`console_path`] or [`enc`] made it) goes to the workflows instead of panicking.
 pub fn see_other(to: &str) -> Response {
-    let location = HeaderValue::from_str(to)
-        .unwrap_or_else(|_| HeaderValue::from_static("/ui/workflows"));
+    let location =
+        HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/ui/workflows"));
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
@@ -362,7 +364,10 @@ mod tests {
 
     #[test]
     fn ids_are_shown_whole_with_hidden_characters_spelt_out() {
-        assert_eq!(visible("spiffe://a/b\u{202e}c\u{200b}"), "spiffe://a/b\\u{202e}c\\u{200b}");
+        assert_eq!(
+            visible("spiffe://a/b\u{202e}c\u{200b}"),
+            "spiffe://a/b\\u{202e}c\\u{200b}"
+        );
         assert_eq!(visible("tab\there"), "tab\\u{9}here");
         assert_eq!(middle_ellipsis("abcdef", 6), "abcdef");
         assert_eq!(middle_ellipsis("abcdefgh", 5), "ab…gh");

@@ -277,7 +277,10 @@ mod tests {
             headers(&[]),
             headers(&[("origin", "https://unwind.example")]),
             headers(&[("origin", "https://unwind.example:443")]),
-            headers(&[("origin", "http://10.0.0.1:8080"), ("host", "10.0.0.1:8080")]),
+            headers(&[
+                ("origin", "http://10.0.0.1:8080"),
+                ("host", "10.0.0.1:8080"),
+            ]),
             headers(&[("sec-fetch-site", "same-origin")]),
             headers(&[("sec-fetch-site", "none")]),
         ] {
@@ -287,7 +290,10 @@ mod tests {
             headers(&[("origin", "https://evil.example")]),
             headers(&[("origin", "http://unwind.example")]),
             headers(&[("origin", "null")]),
-            headers(&[("origin", "http://10.0.0.1:8080"), ("host", "10.0.0.1:9090")]),
+            headers(&[
+                ("origin", "http://10.0.0.1:8080"),
+                ("host", "10.0.0.1:9090"),
+            ]),
             headers(&[("sec-fetch-site", "cross-site")]),
             headers(&[("sec-fetch-site", "same-site")]),
         ] {
