@@ -523,9 +523,18 @@ async fn event_streams_follow_a_rollback_to_its_end() {
             .unwrap();
         let evs = parse_sse(&text);
         assert!(evs.len() >= 2, "{}: {text}", s.name);
+        // The whole rollback first and last, its changes in between.
+        let ends = [&evs[0], &evs[evs.len() - 1]];
         assert!(
-            evs.iter()
-                .all(|(e, _, d)| e == "rollback" && d["rollback_id"] == id.as_str())
+            ends.iter()
+                .all(|(e, _, d)| e == "rollback" && d["rollback_id"] == id.as_str()),
+            "{text}"
+        );
+        assert!(
+            evs[1..evs.len() - 1]
+                .iter()
+                .all(|(e, _, _)| e == "rollback.delta"),
+            "{text}"
         );
         assert!(
             evs.windows(2).all(|w| w[0].1 < w[1].1),

@@ -300,3 +300,112 @@ async fn a_completed_full_workflow_rollback_ends_the_workflow() {
         assert_eq!(status, 200);
     }
 }
+
+/// One event of a stream: (event, id, data).
+fn sse_events(text: &str) -> Vec<(String, Option<i64>, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let (mut event, mut id, mut data) = (None, None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            Some((event?, id, serde_json::from_str(&data).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_event_stream_sends_the_whole_rollback_first_and_last_and_only_changed_steps_between() {
+    for s in servers_with(short).await {
+        let log: Log = std::sync::Arc::default();
+        // Slow agents: every step changes at its own time.
+        let a = start_agent(&s, "a", "prepared", 700, &log).await;
+        let b = start_agent(&s, "b", "prepared", 700, &log).await;
+        let wid = uuid::Uuid::new_v4().to_string();
+        let (cp_a, _, _) = seed_figure(&s, &a, &b, &wid).await;
+        let id = accepted(&s, json!({"checkpoint_id": cp_a})).await;
+        let r = s
+            .client
+            .get(s.url(&format!("/v1/rollbacks/{id}/events")))
+            .bearer_auth(READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = tokio::time::timeout(std::time::Duration::from_secs(60), r.text())
+            .await
+            .expect("the stream ends after a terminal state")
+            .unwrap();
+        let events = sse_events(&text);
+        let (first, last) = (&events[0], events.last().unwrap());
+        assert_eq!(first.0, "rollback", "{}: {text}", s.name);
+        assert_eq!(first.2["rollback_id"], id.as_str());
+        assert_eq!(
+            last.0, "rollback",
+            "the last event is the whole rollback: {text}"
+        );
+        assert_eq!(last.2["status"], "completed", "{text}");
+        let (_, now) = s.get_json(&format!("/v1/rollbacks/{id}")).await;
+        assert_eq!(last.2, now, "the last event is the resource as served");
+        let total = now["steps"].as_array().unwrap().len();
+        assert_eq!(total, 2);
+
+        // In between: deltas, each with only the steps that changed since the event before.
+        let middle = &events[1..events.len() - 1];
+        assert!(!middle.is_empty(), "{}: no change streamed: {text}", s.name);
+        let mut known: std::collections::HashMap<String, Value> = first.2["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|st| {
+                (
+                    st["checkpoint_id"].as_str().unwrap().to_string(),
+                    st.clone(),
+                )
+            })
+            .collect();
+        let mut carried = 0;
+        for (event, id, delta) in middle {
+            assert_eq!(event, "rollback.delta", "{text}");
+            let mut keys: Vec<&str> = delta
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            keys.sort_unstable();
+            assert_eq!(
+                keys,
+                ["status", "steps", "updated_at", "version"],
+                "{delta}"
+            );
+            assert_eq!(Some(delta["version"].as_i64().unwrap()), *id);
+            for step in delta["steps"].as_array().unwrap() {
+                let cp = step["checkpoint_id"].as_str().unwrap().to_string();
+                assert_ne!(
+                    known.get(&cp),
+                    Some(step),
+                    "an unchanged step was sent again: {text}"
+                );
+                known.insert(cp, step.clone());
+                carried += 1;
+            }
+        }
+        assert!(
+            carried < middle.len() * total,
+            "{}: some delta leaves out a step that did not change: {text}",
+            s.name
+        );
+        assert!(
+            events.windows(2).all(|w| w[0].1 < w[1].1),
+            "{}: ids do not increase: {text}",
+            s.name
+        );
+    }
+}

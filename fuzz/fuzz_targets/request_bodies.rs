@@ -2,16 +2,21 @@
 //! decision and the escalation resolution through the `ApiJson` extractor, the batch ingest
 //! body through `parse_batch`; then the checks that need no store.
 //!
+//! The console's form bodies are read too, for the page a form sends the browser to afterwards
+//! (`next` after signing in, `back` after a decision).
+//!
 //! Input: the first byte chooses the body, the rest is the body.
 //!
 //! Properties: no panic; every refusal is a problem with a 4xx status and a documented code,
 //! `malformed` only for what is not JSON; an accepted rollback request has a canonical id,
-//! exactly its one target, the caller's rules applied, and only text the store can hold.
+//! exactly its one target, the caller's rules applied, and only text the store can hold. A
+//! return path is followed only when it is a console path of printable ASCII without `//`, a
+//! backslash or dot segments, and answering with it never panics.
 #![no_main]
 
 use axum::body::Body;
-use axum::extract::FromRequest;
-use axum::http::{Request, header};
+use axum::extract::{Form, FromRequest};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use libfuzzer_sys::fuzz_target;
 use unwind::api::ApiJson;
 use unwind::api::ects::parse_batch;
@@ -152,11 +157,46 @@ fn check_comment(comment: Option<String>) {
     }
 }
 
+/// The values of a console form (`application/x-www-form-urlencoded`), read as the console
+/// reads them, and the body itself taken as one value.
+fn form_values(body: &[u8]) -> Vec<String> {
+    let request = Request::builder()
+        .method("POST")
+        .uri("/")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body.to_vec()))
+        .unwrap();
+    let mut values = vec![String::from_utf8_lossy(body).into_owned()];
+    if let Ok(Form(pairs)) = block_on(Form::<Vec<(String, String)>>::from_request(request, &())) {
+        values.extend(pairs.into_iter().map(|(_, v)| v));
+    }
+    values
+}
+
+fn check_return_path(raw: &str) {
+    if let Some(path) = unwind::ui::console_path(raw) {
+        assert_eq!(path, raw);
+        assert!(path.starts_with("/ui/"), "{path:?}");
+        assert!(
+            path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'),
+            "{path:?}"
+        );
+        let route = path.split(['?', '#']).next().unwrap_or(path);
+        assert!(!route.contains("//"), "{path:?}");
+        assert!(!route.split('/').any(|s| s == "." || s == ".."), "{path:?}");
+        assert!(HeaderValue::from_str(path).is_ok(), "{path:?}");
+    }
+    let answer = unwind::ui::see_other(raw);
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let location = answer.headers()[header::LOCATION].as_bytes();
+    assert!(location == raw.as_bytes() || location == b"/ui/workflows");
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((kind, body)) = data.split_first() else {
         return;
     };
-    match kind % 4 {
+    match kind % 5 {
         0 => match extract::<RollbackRequest>(body) {
             Err(e) => assert_problem(&e, body),
             Ok(request) => {
@@ -172,6 +212,11 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => assert_problem(&e, body),
             Ok(resolve) => check_comment(resolve.comment),
         },
+        4 => {
+            for value in form_values(body) {
+                check_return_path(&value);
+            }
+        }
         _ => {
             let max = LimitsConfig::default().max_batch_tokens;
             match parse_batch(body, max) {

@@ -383,13 +383,14 @@ async fn list_rollbacks(
     }))
 }
 
-/// Server-sent events: the current state first, then one event per change; the stream ends
-/// after a terminal state. When the store fails, a last `event: error` carries a problem
-/// (`code`, `detail`) and the stream ends.
+/// Server-sent events: the whole rollback first (`event: rollback`), then one
+/// `event: rollback.delta` per change carrying only what changed, and the whole rollback again
+/// once it is terminal, after which the stream ends. When the store fails, a last
+/// `event: error` carries a problem (`code`, `detail`) and the stream ends.
 #[utoipa::path(
     get, path = "/v1/rollbacks/{id}/events", tag = "rollbacks",
     params(("id" = String, Path, description = "rollback_id")),
-    responses((status = 200, description = "`event: rollback`, `id: <version>`, `data: <rollback resource>`; a store failure ends the stream with `event: error`, `data: <problem>`", content_type = "text/event-stream"),
+    responses((status = 200, description = "First and last (terminal) event: `event: rollback`, `id: <version>`, `data: <rollback resource>`; in between `event: rollback.delta`, `id: <version>`, `data: {\"version\",\"status\",\"updated_at\",\"steps\": [the steps that changed since the previous event]}`; a store failure ends the stream with `event: error`, `data: <problem>`", content_type = "text/event-stream"),
                (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
@@ -402,6 +403,46 @@ async fn rollback_events(
     events(state, id).await
 }
 
+/// What a stream has sent so far: the version and each step as sent, so that a delta carries
+/// only the steps that changed (a rollback of thousands of steps changes a few at a time).
+#[derive(Default)]
+struct Sent {
+    version: Option<i64>,
+    steps: HashMap<String, Value>,
+}
+
+impl Sent {
+    /// The event for `view` (a new version): the whole resource when nothing was sent yet or
+    /// the rollback is terminal, else a delta with the steps that differ from what was sent.
+    fn event(&mut self, version: i64, view: &RollbackView) -> Event {
+        let first = self.version.is_none();
+        self.version = Some(version);
+        let mut changed = Vec::new();
+        for step in &view.steps {
+            let value = serde_json::to_value(step).unwrap_or(Value::Null);
+            if self.steps.get(&step.checkpoint_id) != Some(&value) {
+                self.steps.insert(step.checkpoint_id.clone(), value.clone());
+                changed.push(value);
+            }
+        }
+        let (name, data) = if first || view.status.is_terminal() {
+            ("rollback", serde_json::to_string(view).unwrap_or_default())
+        } else {
+            let delta = json!({
+                "version": version,
+                "status": view.status,
+                "updated_at": view.updated_at,
+                "steps": changed,
+            });
+            ("rollback.delta", delta.to_string())
+        };
+        Event::default()
+            .event(name)
+            .id(version.to_string())
+            .data(data)
+    }
+}
+
 /// The rollback's event stream (the API's and the console's live page).
 pub(crate) async fn events(state: AppState, id: String) -> Result<Response, ApiError> {
     if state.store.get_rollback(&id).await?.is_none() {
@@ -409,32 +450,24 @@ pub(crate) async fn events(state: AppState, id: String) -> Result<Response, ApiE
     }
     // Polling the store (not an in-process channel) lets any replica serve the stream.
     let stream = futures::stream::unfold(
-        (state, id, None::<i64>, false),
-        |(state, id, last, done)| async move {
+        (state, id, Sent::default(), false),
+        |(state, id, mut sent, done)| async move {
             if done {
                 return None;
             }
             loop {
                 match state.store.get_rollback(&id).await {
-                    Ok(Some((r, steps))) if Some(r.version) != last => {
+                    Ok(Some((r, steps))) if Some(r.version) != sent.version => {
                         let version = r.version;
                         let terminal = r.status.is_terminal();
-                        let data =
-                            serde_json::to_string(&RollbackView::new(r, steps)).unwrap_or_default();
-                        let event = Event::default()
-                            .event("rollback")
-                            .id(version.to_string())
-                            .data(data);
-                        return Some((
-                            Ok::<_, Infallible>(event),
-                            (state, id, Some(version), terminal),
-                        ));
+                        let event = sent.event(version, &RollbackView::new(r, steps));
+                        return Some((Ok::<_, Infallible>(event), (state, id, sent, terminal)));
                     }
                     Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
                     Ok(None) => return None,
                     Err(e) => {
                         let event = store_failure_event(&id, &e);
-                        return Some((Ok(event), (state, id, last, true)));
+                        return Some((Ok(event), (state, id, sent, true)));
                     }
                 }
             }

@@ -354,11 +354,26 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
                 view.finish();
                 return Err(stream_error(id, &event.data));
             }
-            if !matches!(event.event.as_str(), "" | "rollback") {
-                continue;
-            }
-            let resource: Value = serde_json::from_str(&event.data)
-                .map_err(|e| CliError::Failed(format!("unreadable event {}: {e}", event.data)))?;
+            let data: Value = match event.event.as_str() {
+                "" | "rollback" | "rollback.delta" => {
+                    serde_json::from_str(&event.data).map_err(|e| {
+                        CliError::Failed(format!("unreadable event {}: {e}", event.data))
+                    })?
+                }
+                _ => continue,
+            };
+            let resource = match (event.event.as_str(), last.take()) {
+                ("rollback.delta", Some(mut resource)) => {
+                    apply_delta(&mut resource, &data);
+                    resource
+                }
+                ("rollback.delta", None) => {
+                    return Err(CliError::Failed(format!(
+                        "the event stream of {id} sent a change before the rollback itself"
+                    )));
+                }
+                _ => data,
+            };
             view.show(&resource)?;
             let status = text(&resource["status"]);
             last = Some(resource);
@@ -378,6 +393,30 @@ pub async fn watch(client: &Client, id: &str) -> Result<(), CliError> {
         None => Err(CliError::Failed(format!(
             "the event stream of {id} ended without an event"
         ))),
+    }
+}
+
+/// Applies an `event: rollback.delta` (`version`, `status`, `updated_at` and the steps that
+/// changed) to the rollback resource it follows.
+fn apply_delta(resource: &mut Value, delta: &Value) {
+    for field in ["status", "updated_at"] {
+        if let Some(v) = delta.get(field) {
+            resource[field] = v.clone();
+        }
+    }
+    let changed = delta["steps"].as_array().into_iter().flatten();
+    for step in changed {
+        let Some(steps) = resource["steps"].as_array_mut() else {
+            resource["steps"] = Value::Array(vec![step.clone()]);
+            continue;
+        };
+        match steps
+            .iter_mut()
+            .find(|s| s["checkpoint_id"] == step["checkpoint_id"])
+        {
+            Some(old) => *old = step.clone(),
+            None => steps.push(step.clone()),
+        }
     }
 }
 
@@ -727,6 +766,28 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_delta_replaces_the_changed_steps_and_the_status() {
+        let mut r = serde_json::json!({
+            "rollback_id": "r", "status": "executing", "updated_at": "t0",
+            "steps": [
+                {"checkpoint_id": "a", "execute_status": "pending"},
+                {"checkpoint_id": "b", "execute_status": "pending"},
+            ],
+        });
+        apply_delta(
+            &mut r,
+            &serde_json::json!({
+                "version": 7, "status": "executing", "updated_at": "t1",
+                "steps": [{"checkpoint_id": "b", "execute_status": "compensated"}],
+            }),
+        );
+        assert_eq!(r["updated_at"], "t1");
+        assert_eq!(r["steps"][0]["execute_status"], "pending");
+        assert_eq!(r["steps"][1]["execute_status"], "compensated");
+        assert_eq!(r["rollback_id"], "r");
     }
 
     #[test]

@@ -15,18 +15,19 @@ mod workflows;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::api::AppState;
 
+pub use page::{console_path, see_other};
 pub use session::{SESSION_COOKIE, csrf_token};
 
 /// Everything under `/ui`.
 pub fn router() -> Router<AppState> {
     let pages = Router::new()
-        .route("/", get(|| async { Redirect::to("/ui/workflows") }))
+        .route("/", get(|| async { page::see_other("/ui/workflows") }))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
         .route("/assets/{name}", get(assets::serve))

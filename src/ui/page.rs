@@ -22,6 +22,30 @@ pub fn enc(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
 }
 
+/// `raw` if the browser may be sent there after a form: a console path (`/ui/...`, relative to
+/// this origin) of printable ASCII only: no control character (a CR or LF would split the
+/// `Location` header), no space, no backslash, no `//` authority and no dot segment (which
+/// would leave `/ui`). Anything else is `None`.
+pub fn console_path(raw: &str) -> Option<&str> {
+    let path = raw.split(['?', '#']).next().unwrap_or(raw);
+    let acceptable = raw.starts_with("/ui/")
+        && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        && !path.contains("//")
+        && !path.to_ascii_lowercase().contains("%2e")
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+    acceptable.then_some(raw)
+}
+
+/// A `303 See Other` to `to`; a target that is not a valid header value (it never is once
+/// [`console_path`] or [`enc`] made it) goes to the workflows instead of panicking.
+pub fn see_other(to: &str) -> Response {
+    let location =
+        HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/ui/workflows"));
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
+}
+
 /// The sections of the navigation bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
@@ -184,13 +208,71 @@ impl IntoResponse for UiError {
 
 /// First characters of a long id, with the whole id as a tooltip.
 pub fn short_id(id: &str) -> Markup {
-    let shown: String = id.trim_start_matches("urn:uuid:").chars().take(8).collect();
-    html! { span.id title=(id) { (shown) } }
+    let shown: String = visible(id.trim_start_matches("urn:uuid:"))
+        .chars()
+        .take(8)
+        .collect();
+    html! { span.id title=(visible(id)) { (shown) } }
 }
 
-/// The last part of an agent id (`spiffe://example.com/agent/dns` -> `dns`).
-pub fn agent_name(iss: &str) -> &str {
-    iss.trim_end_matches('/').rsplit('/').next().unwrap_or(iss)
+/// Ids longer than this are shortened in the middle where they are shown as text.
+const ID_SHOWN_CHARS: usize = 80;
+
+/// An agent id as text: always the whole id (never only its last segment, which another id
+/// could share: `spiffe://example.com/agent/../admin` is not `admin`), with invisible and
+/// direction-changing characters spelt out; a very long id is shortened in the middle with a
+/// visible ellipsis, its full text in `title` and for screen readers.
+pub fn agent_id(iss: &str) -> Markup {
+    let full = visible(iss);
+    let shown = middle_ellipsis(&full, ID_SHOWN_CHARS);
+    html! {
+        @if shown == full {
+            span.agent title=(full) { (full) }
+        } @else {
+            span.agent title=(full) {
+                span aria-hidden="true" { (shown) }
+                span.sr-only { (full) }
+            }
+        }
+    }
+}
+
+/// `s` with control, invisible and bidirectional-formatting characters written as `\u{..}`,
+/// so that an id cannot look like another one.
+pub fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}'
+            | '\u{17b5}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+            | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}')
+}
+
+/// `s` if it has at most `max` characters, else its start and end around a `…`.
+pub fn middle_ellipsis(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let keep = max.saturating_sub(1);
+    let head = keep.div_ceil(2);
+    let tail = keep - head;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
 }
 
 pub fn time(t: DateTime<Utc>) -> Markup {
@@ -230,5 +312,76 @@ pub fn word<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_printable_console_paths_are_followed() {
+        for ok in [
+            "/ui/workflows",
+            "/ui/rollbacks/urn%3Auuid%3A1",
+            "/ui/escalations?x=1#open",
+            "/ui/workflows/w?node=a%2F..%2Fb#dag",
+        ] {
+            assert_eq!(console_path(ok), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/ui",
+            "/v1/ects",
+            "https://evil.example/ui/",
+            "//evil.example/ui/",
+            "/ui//evil.example",
+            "/ui/\\evil",
+            "/ui/x\r\nSet-Cookie: a=b",
+            "/ui/x\n",
+            "/ui/x\u{7f}",
+            "/ui/x\u{0}",
+            "/ui/x\ty",
+            "/ui/x y",
+            "/ui/\u{202e}x",
+            "/ui/é",
+            "/ui/../v1/ects",
+            "/ui/./x",
+            "/ui/%2E%2e/v1",
+            "/ui/x/..",
+        ] {
+            assert_eq!(console_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_redirect_to_anything_answers_without_panicking() {
+        let r = see_other("/ui/x\r\n");
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/ui/workflows");
+        assert_eq!(see_other("/ui/a").headers()[header::LOCATION], "/ui/a");
+    }
+
+    #[test]
+    fn ids_are_shown_whole_with_hidden_characters_spelt_out() {
+        assert_eq!(
+            visible("spiffe://a/b\u{202e}c\u{200b}"),
+            "spiffe://a/b\\u{202e}c\\u{200b}"
+        );
+        assert_eq!(visible("tab\there"), "tab\\u{9}here");
+        assert_eq!(middle_ellipsis("abcdef", 6), "abcdef");
+        assert_eq!(middle_ellipsis("abcdefgh", 5), "ab…gh");
+        let long = format!("spiffe://example.com/{}/admin", "x".repeat(100));
+        let shown = agent_id(&long).into_string();
+        assert!(shown.contains(&format!("title=\"{long}\"")), "{shown}");
+        assert!(shown.contains("spiffe://example.com/xxx"), "{shown}");
+        assert!(shown.contains("xx/admin</span>"), "{shown}");
+        assert!(shown.contains('…'), "{shown}");
+        let short = agent_id("spiffe://example.com/agent/../admin").into_string();
+        assert_eq!(
+            short,
+            "<span class=\"agent\" title=\"spiffe://example.com/agent/../admin\">\
+             spiffe://example.com/agent/../admin</span>"
+        );
     }
 }

@@ -2,12 +2,12 @@
 //! deciding one that awaits a decision. Actions go through the API's own functions.
 
 use axum::extract::{Form, Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::page::{
-    self, PageOptions, Section, UiError, agent_name, badge, csrf_field, enc, short_id, word,
+    self, PageOptions, Section, UiError, agent_id, badge, csrf_field, enc, short_id, word,
 };
 use super::session::Session;
 use super::svg;
@@ -100,7 +100,8 @@ pub async fn show(
                         dt { "superseded by" } dd { a href={ "/ui/rollbacks/" (enc(by)) } { (short_id(by)) } }
                     }
                     @if !r.failed_agents.is_empty() {
-                        dt { "failed agents" } dd { (r.failed_agents.join(", ")) }
+                        dt { "failed agents" } dd { @for (i, a) in r.failed_agents.iter().enumerate() {
+                            @if i > 0 { ", " } (agent_id(a)) } }
                     }
                     @if let Some(d) = &r.decision {
                         dt { "decision" } dd { (d.get("decision").and_then(|v| v.as_str()).unwrap_or(""))
@@ -129,7 +130,7 @@ pub async fn show(
                         tr data-checkpoint=(s.checkpoint_id) {
                             td.num { (s.rank) }
                             td { a href=(svg::node_link(&r.wid, &s.checkpoint_id)) { (short_id(&s.checkpoint_id)) } }
-                            td title=(s.agent) { (agent_name(&s.agent)) }
+                            td { (agent_id(&s.agent)) }
                             td data-field="prepare_status" { (badge(&word(&s.prepare_status))) }
                             td data-field="execute_status" { (badge(&word(&s.execute_status))) }
                             td.num data-field="attempts" { (s.attempts) }
@@ -228,7 +229,10 @@ pub async fn create(
     };
     let (_, created) =
         crate::api::rollbacks::request_rollback(&state, &session.caller(), &request).await?;
-    Ok(Redirect::to(&format!("/ui/rollbacks/{}", enc(&created.rollback_id))).into_response())
+    Ok(page::see_other(&format!(
+        "/ui/rollbacks/{}",
+        enc(&created.rollback_id)
+    )))
 }
 
 pub async fn events(
@@ -254,6 +258,21 @@ pub async fn decide(
     Form(form): Form<DecideForm>,
 ) -> Result<Response, UiError> {
     session.check_csrf(form.csrf.as_deref())?;
+    // Where to go afterwards is checked before the decision is applied: a target that cannot
+    // be followed refuses the form instead of failing once the decision stands.
+    let back = match form.back.as_deref().filter(|b| !b.is_empty()) {
+        None => format!("/ui/rollbacks/{}", enc(&id)),
+        Some(b) => match page::console_path(b) {
+            Some(path) => path.to_string(),
+            None => {
+                return Err(UiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    "the page to return to is not a console path",
+                ));
+            }
+        },
+    };
     let Some(decision) = parse_choice::<Decision>("decision", form.decision.as_deref())? else {
         return Err(UiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -266,11 +285,7 @@ pub async fn decide(
         comment: non_empty(form.comment),
     };
     crate::api::rollbacks::apply_decision(&state, &session.caller(), &id, body).await?;
-    let back = form
-        .back
-        .filter(|b| b.starts_with("/ui/") && !b.starts_with("/ui//"))
-        .unwrap_or_else(|| format!("/ui/rollbacks/{}", enc(&id)));
-    Ok(Redirect::to(&back).into_response())
+    Ok(page::see_other(&back))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use axum::extract::{Form, FromRequestParts, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use maud::html;
@@ -103,7 +103,7 @@ impl FromRequestParts<AppState> for Session {
                     .filter(|p| p.starts_with("/ui/") && parts.method == axum::http::Method::GET)
                     .unwrap_or("/ui/workflows");
                 let to = format!("/ui/login?next={}", page::enc(next));
-                Err(Redirect::to(&to).into_response())
+                Err(page::see_other(&to))
             }
         }
     }
@@ -120,10 +120,9 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-/// Only console paths are followed after signing in.
+/// Only console paths are followed after signing in; anything else goes to the workflows.
 fn safe_next(next: Option<&str>) -> &str {
-    next.filter(|n| n.starts_with("/ui/") && !n.starts_with("/ui//") && !n.contains('\\'))
-        .unwrap_or("/ui/workflows")
+    next.and_then(page::console_path).unwrap_or("/ui/workflows")
 }
 
 pub async fn login_page(Query(q): Query<LoginQuery>) -> Response {
@@ -153,7 +152,56 @@ fn login_form(status: StatusCode, next: &str, error: Option<&str>) -> Response {
     page::bare(status, "Sign in", body)
 }
 
-pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+/// Whether a request says it comes from another site: `Sec-Fetch-Site` other than
+/// `same-origin` or `none` (typed by the user), or an `Origin` that is neither the public URL's
+/// nor the one of the `Host` asked. Requests without either header (old browsers, scripts) are
+/// not judged here.
+fn cross_site(headers: &HeaderMap, public_url: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.to_str(), Ok("same-origin" | "none"))
+    {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let Some(origin) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| reqwest::Url::parse(o).ok())
+        .filter(|o| o.origin().is_tuple())
+    else {
+        // `null` (a sandboxed frame, a redirect across sites) or unreadable.
+        return true;
+    };
+    let public = reqwest::Url::parse(public_url).map(|u| u.origin());
+    if public.is_ok_and(|p| p == origin.origin()) {
+        return false;
+    }
+    let authority = match (origin.host_str(), origin.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => return true,
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    !host.is_some_and(|h| h.eq_ignore_ascii_case(&authority))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // Login CSRF: another site must not sign this browser in with a token of its choosing
+    // (its later actions would then be recorded as that token's).
+    if cross_site(&headers, &state.config.public_url()) {
+        return UiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This sign-in did not come from the console's own page.",
+        )
+        .into_response();
+    }
     let next = safe_next(form.next.as_deref()).to_string();
     let token = form.token.as_deref().map(str::trim).unwrap_or_default();
     if state.auth.operator(token).is_none() {
@@ -172,7 +220,7 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
         "{SESSION_COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE_S}{secure}",
         URL_SAFE_NO_PAD.encode(token.as_bytes())
     );
-    let mut response = Redirect::to(&next).into_response();
+    let mut response = page::see_other(&next);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -186,7 +234,7 @@ pub struct LogoutForm {
 
 pub async fn logout(session: Session, Form(form): Form<LogoutForm>) -> Result<Response, UiError> {
     session.check_csrf(form.csrf.as_deref())?;
-    let mut response = Redirect::to("/ui/login").into_response();
+    let mut response = page::see_other("/ui/login");
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static("unwind_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
@@ -207,10 +255,50 @@ mod tests {
             "/ui//evil",
             "/v1/ects",
             "/ui/\\x",
+            "/ui/x\r\nSet-Cookie: a=b",
+            "/ui/x\u{7f}",
         ] {
             assert_eq!(safe_next(Some(evil)), "/ui/workflows", "{evil}");
         }
         assert_eq!(safe_next(None), "/ui/workflows");
+    }
+
+    #[test]
+    fn a_sign_in_from_another_site_is_told_apart() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            h
+        };
+        let public = "https://unwind.example";
+        for same in [
+            headers(&[]),
+            headers(&[("origin", "https://unwind.example")]),
+            headers(&[("origin", "https://unwind.example:443")]),
+            headers(&[
+                ("origin", "http://10.0.0.1:8080"),
+                ("host", "10.0.0.1:8080"),
+            ]),
+            headers(&[("sec-fetch-site", "same-origin")]),
+            headers(&[("sec-fetch-site", "none")]),
+        ] {
+            assert!(!cross_site(&same, public), "{same:?}");
+        }
+        for other in [
+            headers(&[("origin", "https://evil.example")]),
+            headers(&[("origin", "http://unwind.example")]),
+            headers(&[("origin", "null")]),
+            headers(&[
+                ("origin", "http://10.0.0.1:8080"),
+                ("host", "10.0.0.1:9090"),
+            ]),
+            headers(&[("sec-fetch-site", "cross-site")]),
+            headers(&[("sec-fetch-site", "same-site")]),
+        ] {
+            assert!(cross_site(&other, public), "{other:?}");
+        }
     }
 
     #[test]

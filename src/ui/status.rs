@@ -2,12 +2,12 @@
 //! breakers and cascade alerts.
 
 use axum::extract::{Form, Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 
 use super::page::{
-    self, PageOptions, Section, UiError, agent_name, badge, csrf_field, enc, short_id, time,
+    self, PageOptions, Section, UiError, agent_id, badge, csrf_field, enc, short_id, time,
 };
 use super::rollbacks::decision_form;
 use super::session::Session;
@@ -139,7 +139,7 @@ pub async fn resolve(
     session.check_csrf(form.csrf.as_deref())?;
     let comment = form.comment.filter(|c| !c.trim().is_empty());
     crate::api::escalations::resolve(&state, &session.caller(), &id, comment).await?;
-    Ok(Redirect::to("/ui/escalations").into_response())
+    Ok(page::see_other("/ui/escalations"))
 }
 
 pub async fn circuits(
@@ -167,7 +167,7 @@ pub async fn circuits(
                 tbody {
                     @for c in &circuits {
                         tr data-agent=(c.downstream_agent) {
-                            td title=(c.downstream_agent) { (agent_name(&c.downstream_agent)) }
+                            td { (agent_id(&c.downstream_agent)) }
                             td { (badge(&c.state)) @if c.latency_spike { " " span.badge.s-partial { "latency spike" } } }
                             td.num { (format!("{:.0} %", c.error_rate * 100.0)) }
                             td.num { (c.window_s) " s" }
@@ -222,7 +222,7 @@ pub async fn cascades(
                                 None => { (short_id(&a.root_cause_ect)) }
                             } }
                             td { @for (i, ag) in a.affected_agents.iter().enumerate() {
-                                @if i > 0 { ", " } span title=(ag) { (agent_name(ag)) } } }
+                                @if i > 0 { ", " } (agent_id(ag)) } }
                             td.num { (a.blast_radius.len()) " nodes" }
                             td { a href={ "/ui/ects/" (enc(&a.ect)) } { (short_id(&a.ect)) } }
                         }

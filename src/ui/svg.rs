@@ -4,7 +4,7 @@
 
 use maud::{Markup, html};
 
-use super::page::{agent_name, enc};
+use super::page::{enc, middle_ellipsis, visible};
 use crate::dag::WorkflowGraph;
 use crate::dag::layout::{Layout, NODE_HEIGHT, NODE_WIDTH};
 
@@ -106,6 +106,15 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// The agent on a node's second line: its whole id shortened in the middle to fit (the
+/// `spiffe://` scheme left out for room), never only its last segment; the node's title and
+/// label carry the full id.
+fn node_agent(iss: &str) -> String {
+    let id = visible(iss);
+    let shown = id.strip_prefix("spiffe://").unwrap_or(&id);
+    middle_ellipsis(shown, 18)
+}
+
 /// The drawing. `looks[i]` describes `graph.nodes()[i]`; `link` is the page URL selecting a node.
 pub fn draw(
     graph: &WorkflowGraph,
@@ -137,12 +146,12 @@ pub fn draw(
                 @let p = layout.placed[i];
                 @let look = looks[i];
                 a href=(link(&node.jti)) data-jti=(node.jti)
-                    aria-label={ (node.exec_act) " by " (agent_name(&node.iss)) ", " (look.description()) } {
+                    aria-label={ (node.exec_act) " by " (visible(&node.iss)) ", " (look.description()) } {
                     g class=(look.classes()) transform={ "translate(" (p.x) "," (p.y) ")" } {
-                        title { (node.exec_act) " by " (node.iss) " (" (look.description()) "), jti " (node.jti) }
+                        title { (node.exec_act) " by " (visible(&node.iss)) " (" (look.description()) "), jti " (node.jti) }
                         rect width=(NODE_WIDTH) height=(NODE_HEIGHT) rx="5" {}
                         text x="8" y="17" { (truncate(&node.exec_act, 22)) }
-                        text.sub x="8" y="34" { (truncate(agent_name(&node.iss), 16)) }
+                        text.sub x="8" y="34" { (node_agent(&node.iss)) }
                         @if !look.kind.mark().is_empty() {
                             text.mark x=(NODE_WIDTH - 6.0) y="34" text-anchor="end" { (look.kind.mark()) }
                         }

@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::page::{
-    self, PageOptions, Section, UiError, agent_name, badge, csrf_field, enc, short_id, time, word,
+    self, PageOptions, Section, UiError, agent_id, badge, csrf_field, enc, short_id, time, word,
 };
 use super::session::Session;
 use super::svg::{self, Kind, Look};
@@ -268,7 +268,7 @@ fn node_panel(
         h2 #node-title { (node.exec_act) }
         dl {
             dt { "jti" } dd.id { a href={ "/ui/ects/" (enc(&node.jti)) } { (node.jti) } }
-            dt { "agent" } dd { (node.iss) }
+            dt { "agent" } dd { (agent_id(&node.iss)) }
             dt { "issued" } dd { (page::unix_time(node.iat)) }
             dt { "kind" } dd { (kind.map_or("task", |k| match k {
                 Kind::Task => "task", Kind::Checkpoint => "checkpoint",
@@ -283,7 +283,7 @@ fn node_panel(
         }
         @if !blast.agents.is_empty() {
             p { "Agents: " @for (i, a) in blast.agents.iter().enumerate() {
-                @if i > 0 { ", " } span title=(a) { (agent_name(a)) }
+                @if i > 0 { ", " } (agent_id(a))
             } }
         }
         @if !blast.irreversible.is_empty() {
@@ -329,7 +329,7 @@ fn node_table(graph: &WorkflowGraph, looks: &[Look], wid: &str) -> Markup {
                 @for (node, look) in graph.nodes().iter().zip(looks) {
                     tr {
                         td { a href=(svg::node_link(wid, &node.jti)) { (node.exec_act) } " " (short_id(&node.jti)) }
-                        td { (agent_name(&node.iss)) }
+                        td { (agent_id(&node.iss)) }
                         td { (look.kind.mark().to_lowercase())
                              @if look.rolled_back { " rolled back" } @if look.escalated { " escalated" } }
                         td { @for p in &node.parents { (short_id(p)) " " } }
@@ -381,7 +381,7 @@ pub async fn ect(
         h1 { (record.exec_act) " " span.id { (record.jti) } }
         div.panel {
             dl {
-                dt { "agent" } dd { (record.iss) }
+                dt { "agent" } dd { (agent_id(&record.iss)) }
                 dt { "workflow" } dd { @if let Some(wid) = &record.wid {
                     a href=(svg::node_link(wid, &record.jti)) { (wid) } } @else { "none" } }
                 dt { "issued" } dd { (page::unix_time(record.iat)) }

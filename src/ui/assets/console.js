@@ -1,7 +1,8 @@
 // Unwind console: the live rollback page. Follows the rollback's event stream (same events as
-// GET /v1/rollbacks/{id}/events) and updates the status and the step rows in place; reloads the
-// page when a decision is needed or taken, or when the rollback ends, so the server renders the
-// buttons and the evidence. Without scripts the page refreshes itself instead.
+// GET /v1/rollbacks/{id}/events: the whole rollback, then changes) and updates the status and
+// the changed step rows in place; reloads the page when a decision is needed or taken, or when
+// the rollback ends, so the server renders the buttons and the evidence. Without scripts the
+// page refreshes itself instead.
 (function () {
   "use strict";
   var root = document.querySelector("[data-events]");
@@ -22,7 +23,9 @@
     return row.querySelector('[data-field="' + name + '"]');
   }
 
-  source.addEventListener("rollback", function (event) {
+  // `rollback` carries the whole rollback (the first and the last event), `rollback.delta`
+  // its status and only the steps that changed; both update the page the same way.
+  function update(event) {
     var r;
     try { r = JSON.parse(event.data); } catch (e) { return; }
     var status = document.getElementById("rollback-status");
@@ -48,7 +51,9 @@
       source.close();
       window.location.reload();
     }
-  });
+  }
+  source.addEventListener("rollback", update);
+  source.addEventListener("rollback.delta", update);
 
   // Either the coordinator's `event: error` (it carries a problem) or a dropped connection,
   // which EventSource retries by itself.
