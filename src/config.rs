@@ -37,6 +37,9 @@ pub struct Config {
     /// key generated once and kept in the store, shared by every replica
     /// (`<data_dir>/coordinator.jwk` of an earlier version is imported into it).
     pub signing_key_file: Option<PathBuf>,
+    /// File holding the passphrase the stored signing key is encrypted with (the environment
+    /// variable `UNWIND_KEY_PASSPHRASE` wins over it). Default: none, stored unencrypted.
+    pub signing_key_passphrase_file: Option<PathBuf>,
     /// Where the generated admin token is written on first start.
     /// Default: `<data_dir>/admin.token`.
     pub admin_token_file: Option<PathBuf>,
@@ -64,6 +67,7 @@ impl Default for Config {
             public_url: None,
             coordinator_id: "spiffe://unwind.local/coordinator".into(),
             signing_key_file: None,
+            signing_key_passphrase_file: None,
             admin_token_file: None,
             ect: EctConfig::default(),
             trust: TrustConfig::default(),
@@ -109,7 +113,7 @@ pub enum Role {
     Admin,
 }
 
-/// `[limits]`: request size limits.
+/// `[limits]`: request size, time and connection limits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -121,6 +125,14 @@ pub struct LimitsConfig {
     pub max_execution_context_bytes: usize,
     /// Seconds a request may take before it is answered 503.
     pub request_timeout_s: u64,
+    /// Milliseconds a connection may take to send a request's header, from its first byte (or
+    /// from the connection's start); the connection is closed after it.
+    pub header_read_timeout_ms: u64,
+    /// Seconds a keep-alive connection may stay without a request before it is closed.
+    pub idle_timeout_s: u64,
+    /// Most client connections open at once; at the limit the longest idle one is closed for a
+    /// new one. Default: half the process's open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -130,6 +142,9 @@ impl Default for LimitsConfig {
             max_batch_tokens: 1000,
             max_execution_context_bytes: 16 * 1024,
             request_timeout_s: 30,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_s: 60,
+            max_connections: None,
         }
     }
 }
@@ -538,6 +553,15 @@ impl Config {
         if self.limits.max_batch_tokens == 0 {
             return Err(key_error("limits.max_batch_tokens", "must be at least 1"));
         }
+        if self.limits.header_read_timeout_ms == 0 || self.limits.idle_timeout_s == 0 {
+            return Err(key_error(
+                "limits.header_read_timeout_ms",
+                "must be above 0 (and limits.idle_timeout_s too)",
+            ));
+        }
+        if self.limits.max_connections == Some(0) {
+            return Err(key_error("limits.max_connections", "must be at least 1"));
+        }
         if self.rollback.lease_s < 3 {
             return Err(key_error("rollback.lease_s", "must be at least 3 seconds"));
         }
@@ -651,7 +675,12 @@ impl Config {
 }
 
 /// Environment variables read by the client commands, not by the configuration.
-const CLIENT_ENV: &[&str] = &["UNWIND_URL", "UNWIND_TOKEN", "UNWIND_TEST_POSTGRES_URL"];
+const CLIENT_ENV: &[&str] = &[
+    "UNWIND_URL",
+    "UNWIND_TOKEN",
+    "UNWIND_TEST_POSTGRES_URL",
+    "UNWIND_KEY_PASSPHRASE",
+];
 
 fn figment_error(file: Option<&Path>, e: figment::Error) -> ConfigError {
     let key = e.path.join(".");

@@ -24,8 +24,15 @@ use crate::ledger::Ledger;
 use crate::retention::{Pruner, RetentionSettings};
 use crate::rollback::driver::{Coordinator, DriverSettings};
 use crate::rollback::evidence::EvidenceSigner;
+use crate::store::keys::sealed::{self, Passphrase, Sealer};
 use crate::store::{self, NewKey, Store, StoreError, StoredKey};
 use jsonwebtoken::jwk::JwkSet;
+
+mod connections;
+pub use connections::{ConnectionLimits, default_max_connections};
+
+/// The environment variable holding the passphrase of the stored signing key.
+pub const KEY_PASSPHRASE_ENV: &str = "UNWIND_KEY_PASSPHRASE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -49,6 +56,8 @@ pub enum ServiceError {
          that may change the schema, or set migrate_on_start = true"
     )]
     NotMigrated(String),
+    #[error("coordinator key {kid}: {message}")]
+    Key { kid: String, message: String },
 }
 
 /// Everything `serve` prepared, before it listens.
@@ -70,8 +79,10 @@ pub struct Prepared {
 /// or with `migrate` false checks that it is migrated to this version.
 pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>, ServiceError> {
     let url = config.database_url();
-    if url.starts_with("sqlite:") {
-        ensure_dir(&config.data_dir).await?;
+    let file = sqlite_file(&url);
+    if let Some(file) = &file {
+        ensure_private_dir(&config.data_dir).await?;
+        create_private_file(file).await?;
     }
     let store = store::connect(&url).await?;
     if migrate {
@@ -82,12 +93,39 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>
             other => other?,
         }
     }
+    // The database holds the signing key: owner only, and so its WAL and shared memory
+    // (which SQLite creates with the database's mode from now on).
+    if let Some(file) = &file {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut path = file.clone().into_os_string();
+            path.push(suffix);
+            restrict_mode(Path::new(&path), 0o600).await?;
+        }
+    }
     Ok(store)
+}
+
+/// The file of a `sqlite:` URL, unless it is in memory.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    let in_memory = file.as_os_str().is_empty()
+        || file.to_string_lossy().starts_with(":memory:")
+        || url.contains("mode=memory");
+    (!in_memory).then(|| file.to_path_buf())
 }
 
 /// Builds the application state from a validated configuration.
 pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let mut notices = Vec::new();
+    // The generated admin token lives here (the embedded database too): owner only.
+    if config.admin_token_file.is_none() {
+        ensure_private_dir(&config.data_dir).await?;
+    }
     let store = open_store(&config, config.migrate_on_start).await?;
 
     let (signing_key, key_notice) = coordinator_key(&config, store.as_ref()).await?;
@@ -95,6 +133,10 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServiceError> {
     let coordinator_jwks = coordinator_jwks(&signing_key, &store.unretired_keys().await?);
 
     let token_path = config.admin_token_path();
+    // The generated one; a configured file may be a read-only mounted secret, left as it is.
+    if config.admin_token_file.is_none() {
+        restrict_mode(&token_path, 0o600).await?;
+    }
     let (admin_token, created) = load_or_create_admin_token(&token_path).await?;
     notices.push(format!(
         "admin token: {}{}",
@@ -248,6 +290,7 @@ pub async fn run(
     println!("unwind: listening on http://{local}");
     tracing::info!(%local, "listening");
     let heads = head_pinner(&prepared.state);
+    let limits = ConnectionLimits::from_config(&prepared.state.config.limits);
     let app = crate::api::router(prepared.state);
     // One signal stops both the server and the rollback worker.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -280,7 +323,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    serve(listener, app, async move {
+    connections::serve(listener, app, limits, async move {
         let _ = rx.wait_for(|stop| *stop).await;
     })
     .await
@@ -308,23 +351,26 @@ pub fn head_pinner(state: &AppState) -> Arc<crate::ledger::heads::HeadPinner> {
     )
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
-/// Nagle's algorithm is turned off on every connection: a response written in two segments
-/// would otherwise wait for the client's delayed ACK (about 40 ms).
+/// Serves `app` on `listener` with the default connection limits until `shutdown` completes,
+/// then lets in-flight requests finish. Nagle's algorithm is turned off on every connection: a
+/// response written in two segments would otherwise wait for the client's delayed ACK (about
+/// 40 ms).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    connections::serve(listener, app, ConnectionLimits::default(), shutdown).await
+}
+
+/// Like [`serve`], under `limits`.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    connections::serve(listener, app, limits, shutdown).await
 }
 
 /// Completes on SIGTERM or Ctrl-C. The handlers are registered when this is called (not when
@@ -384,13 +430,76 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-async fn ensure_dir(dir: &Path) -> Result<(), ServiceError> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| ServiceError::File {
-            path: dir.to_path_buf(),
-            message: format!("cannot create directory: {e}"),
-        })
+/// Creates `dir` (mode 0700) when missing, and takes others' access away when it has some.
+async fn ensure_private_dir(dir: &Path) -> Result<(), ServiceError> {
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(dir).await.map_err(|e| ServiceError::File {
+        path: dir.to_path_buf(),
+        message: format!("cannot create directory: {e}"),
+    })?;
+    restrict_mode(dir, 0o700).await
+}
+
+/// Creates an empty file readable by its owner only when `path` is missing, so the database
+/// SQLite then opens is never readable by others, not even for a moment.
+async fn create_private_file(path: &Path) -> Result<(), ServiceError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| ServiceError::File {
+                path: parent.to_path_buf(),
+                message: format!("cannot create directory: {e}"),
+            })?;
+    }
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    match options.open(path).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ServiceError::File {
+            path: path.to_path_buf(),
+            message: format!("cannot create: {e}"),
+        }),
+    }
+}
+
+/// Clears the permission bits of `path` outside `allowed` (0700 or 0600) when any are set; a
+/// missing path is left alone. Failing to is an error: the start stops rather than serve with
+/// a key others can read.
+async fn restrict_mode(path: &Path, allowed: u32) -> Result<(), ServiceError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file_error = |message: String| ServiceError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mode = match tokio::fs::metadata(path).await {
+            Ok(meta) => meta.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(file_error(format!("cannot read its mode: {e}"))),
+        };
+        if mode & !allowed == 0 {
+            return Ok(());
+        }
+        let tightened = mode & allowed;
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(tightened))
+            .await
+            .map_err(|e| {
+                file_error(format!(
+                    "mode {mode:o} lets others in and cannot be changed to {tightened:o}: {e}"
+                ))
+            })?;
+        tracing::warn!(path = %path.display(), from = %format!("{mode:o}"), to = %format!("{tightened:o}"), "file mode tightened");
+    }
+    #[cfg(not(unix))]
+    let _ = (path, allowed);
+    Ok(())
 }
 
 /// Writes a new file readable by its owner only; fails if it exists (so two processes starting
@@ -414,7 +523,9 @@ pub async fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result
 /// active key, so every replica of one database signs with the same key: made once by whichever
 /// replica starts first. A `coordinator.jwk` left in the data directory by an earlier version is
 /// imported (as the active key when the store has none, else as a trusted one), so evidence it
-/// signed still verifies.
+/// signed still verifies. With a passphrase (`UNWIND_KEY_PASSPHRASE` or
+/// `signing_key_passphrase_file`) every private key in the store is kept sealed, and plaintext
+/// ones left by an earlier start are sealed now.
 pub async fn coordinator_key(
     config: &Config,
     store: &dyn Store,
@@ -429,6 +540,29 @@ pub async fn coordinator_key(
         );
         return Ok((key, notice));
     }
+    let passphrase = key_passphrase(config, |var| std::env::var(var).ok()).await?;
+    // Derived once (it is slow on purpose), and only when something is to be sealed.
+    let sealer: tokio::sync::OnceCell<Arc<Sealer>> = tokio::sync::OnceCell::new();
+    let stored_form = |key: SigningKey| {
+        let (passphrase, sealer) = (passphrase.clone(), &sealer);
+        async move {
+            let private_jwk = key.to_private_jwk_json();
+            let Some(passphrase) = passphrase else {
+                return Ok(private_jwk);
+            };
+            let sealer = sealer
+                .get_or_try_init(|| blocking(move || Sealer::new(&passphrase).map(Arc::new)))
+                .await
+                .map_err(|e| key_error(key.kid(), e))?
+                .clone();
+            let public =
+                serde_json::to_value(key.public_jwk()).map_err(|e| key_error(key.kid(), e))?;
+            let kid = key.kid().to_string();
+            blocking(move || sealer.seal(&kid, &private_jwk, public))
+                .await
+                .map_err(|e| key_error(key.kid(), e))
+        }
+    };
     let legacy_path = config.signing_key_path();
     let legacy = match tokio::fs::read_to_string(&legacy_path).await {
         Ok(text) => {
@@ -457,25 +591,80 @@ pub async fn coordinator_key(
                     .map_err(|e| ServiceError::Trust(format!("cannot generate a key: {e}")))?,
             };
             // Of replicas starting together, one key wins and all use it.
-            let active = store.ensure_active_key(&new_key(&offered)).await?;
+            let active = store
+                .ensure_active_key(&new_key(&offered, stored_form(offered.clone()).await?))
+                .await?;
             let won = active.kid == offered.kid();
             (active, (won && legacy.is_none(), won && legacy.is_some()))
         }
     };
     if let Some(legacy) = &legacy
         && legacy.kid() != active.kid
+        && !store
+            .all_keys()
+            .await?
+            .iter()
+            .any(|k| k.kid == legacy.kid())
     {
-        store.add_key(&new_key(legacy)).await?;
+        store
+            .add_key(&new_key(legacy, stored_form(legacy.clone()).await?))
+            .await?;
     }
-    let key = SigningKey::from_private_jwk_json(&active.private_jwk).map_err(|e| {
+    let private_jwk = if sealed::is_sealed(&active.private_jwk) {
+        let Some(passphrase) = passphrase.clone() else {
+            return Err(key_error(
+                &active.kid,
+                format!(
+                    "it is stored encrypted: give its passphrase in {KEY_PASSPHRASE_ENV} or \
+                     signing_key_passphrase_file"
+                ),
+            ));
+        };
+        let (stored, kid) = (active.private_jwk.clone(), active.kid.clone());
+        blocking(move || sealed::open(&stored, &kid, &passphrase))
+            .await
+            .map_err(|e| key_error(&active.kid, format!("cannot decrypt it: {e}")))?
+    } else {
+        active.private_jwk.clone()
+    };
+    let key = SigningKey::from_private_jwk_json(&private_jwk).map_err(|e| {
         ServiceError::Store(StoreError::Corrupt(format!(
             "coordinator key {}: {e}",
             active.kid
         )))
     })?;
+    if key.kid() != active.kid {
+        return Err(key_error(
+            &active.kid,
+            format!("the stored private key is that of kid {}", key.kid()),
+        ));
+    }
+    let mut sealed_now = 0;
+    if passphrase.is_some() {
+        for row in store.all_keys().await? {
+            if sealed::is_sealed(&row.private_jwk) {
+                continue;
+            }
+            let plain = SigningKey::from_private_jwk_json(&row.private_jwk)
+                .map_err(|e| key_error(&row.kid, format!("unreadable: {e}")))?;
+            let sealed_text = stored_form(plain).await?;
+            // Another replica sealing it first is as good.
+            if store
+                .replace_private_jwk(&row.kid, &row.private_jwk, &sealed_text)
+                .await?
+            {
+                sealed_now += 1;
+            }
+        }
+    }
     let (created, imported) = made;
     let notice = format!(
-        "coordinator signing key: kept in the store (kid {}{})",
+        "coordinator signing key: kept in the store{} (kid {}{}{})",
+        if passphrase.is_some() {
+            ", encrypted"
+        } else {
+            ""
+        },
         key.kid(),
         if created {
             ", created".to_string()
@@ -483,29 +672,100 @@ pub async fn coordinator_key(
             format!(", imported from {}", legacy_path.display())
         } else {
             String::new()
+        },
+        if sealed_now > 0 {
+            format!(", {sealed_now} plaintext key(s) encrypted now")
+        } else {
+            String::new()
         }
     );
     Ok((key, notice))
 }
 
-fn new_key(key: &SigningKey) -> NewKey {
+/// The passphrase of the stored keys: `UNWIND_KEY_PASSPHRASE` (read through `env`), else the
+/// contents of `signing_key_passphrase_file` without its final line break; none when neither
+/// is set.
+pub async fn key_passphrase(
+    config: &Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Passphrase>, ServiceError> {
+    if let Some(text) = env(KEY_PASSPHRASE_ENV) {
+        return Passphrase::new(text)
+            .map(Some)
+            .map_err(|e| ServiceError::Config(config_key_error(KEY_PASSPHRASE_ENV, e)));
+    }
+    let Some(path) = &config.signing_key_passphrase_file else {
+        return Ok(None);
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| ServiceError::File {
+            path: path.clone(),
+            message: format!("cannot read the key passphrase: {e}"),
+        })?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    Passphrase::new(text.to_string())
+        .map(Some)
+        .map_err(|e| ServiceError::Config(config_key_error("signing_key_passphrase_file", e)))
+}
+
+fn config_key_error(key: &str, e: impl std::fmt::Display) -> crate::config::ConfigError {
+    crate::config::ConfigError::Key {
+        key: key.into(),
+        message: e.to_string(),
+    }
+}
+
+fn key_error(kid: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Key {
+        kid: kid.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Runs slow CPU work (key derivation) off the runtime's workers.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("key task failed: {e}")),
+    }
+}
+
+fn new_key(key: &SigningKey, private_jwk: String) -> NewKey {
     NewKey {
         kid: key.kid().to_string(),
         alg: format!("{:?}", key.alg()),
-        private_jwk: key.to_private_jwk_json(),
+        private_jwk,
     }
 }
 
 /// The public keys tokens signed by Unwind verify under: the signing key and every stored key
-/// not retired (each once).
+/// not retired (each once). A sealed key is published from the public JWK beside it.
 pub fn coordinator_jwks(signing: &SigningKey, stored: &[StoredKey]) -> JwkSet {
     let mut keys = vec![signing.public_jwk()];
     for row in stored {
         if row.kid == signing.kid() {
             continue;
         }
-        match SigningKey::from_private_jwk_json(&row.private_jwk) {
-            Ok(key) => keys.push(key.public_jwk()),
+        let public = if sealed::is_sealed(&row.private_jwk) {
+            sealed::public_jwk(&row.private_jwk)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    serde_json::from_value::<jsonwebtoken::jwk::Jwk>(v).map_err(|e| e.to_string())
+                })
+        } else {
+            SigningKey::from_private_jwk_json(&row.private_jwk)
+                .map(|key| key.public_jwk())
+                .map_err(|e| e.to_string())
+        };
+        match public {
+            Ok(jwk) if jwk.common.key_id.as_deref() == Some(row.kid.as_str()) => keys.push(jwk),
+            Ok(_) => tracing::warn!(kid = %row.kid, "stored coordinator key names another kid"),
             Err(e) => {
                 tracing::warn!(kid = %row.kid, error = %e, "stored coordinator key unreadable")
             }

@@ -1,8 +1,8 @@
 //! The coordinator's signing key kept in the store (api.md "Signed records Unwind emits"): one
 //! key for every replica of a database, made once even when replicas start together; a key file
 //! of an earlier version imported so its evidence still verifies; `signing_key_file` used when
-//! configured; `/.well-known/jwks.json` listing every key not retired. On every configured back
-//! end.
+//! configured; `/.well-known/jwks.json` listing every key not retired (a retired one leaves
+//! it). On every configured back end.
 
 mod common;
 
@@ -266,4 +266,45 @@ async fn three_processes_starting_together_share_one_key() {
         .filter(|p| p.printed.contains(", created)"))
         .count();
     assert_eq!(created, 1, "exactly one replica creates the key");
+}
+
+/// A key retired through the store leaves `/.well-known/jwks.json` at once (it is read at each
+/// request), and a replica started afterwards neither publishes nor trusts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_key_leaves_the_published_key_set() {
+    for s in servers().await {
+        let name = s.name;
+        let active = signing_kid(&s).await;
+        let older = SigningKey::generate(KeyAlg::ES256).unwrap();
+        s.store.add_key(&offer(&older)).await.unwrap();
+        let mut both = vec![active.clone(), older.kid().to_string()];
+        both.sort();
+        assert_eq!(kids(&jwks(&s).await), both, "{name}");
+
+        assert!(s.store.retire_key(older.kid()).await.unwrap(), "{name}");
+        assert!(
+            !s.store.retire_key(older.kid()).await.unwrap(),
+            "{name}: retired twice"
+        );
+        assert!(
+            !s.store.retire_key("no-such-kid").await.unwrap(),
+            "{name}: unknown kid"
+        );
+        assert_eq!(kids(&jwks(&s).await), vec![active.clone()], "{name}");
+        let all = s.store.all_keys().await.unwrap();
+        let retired = all.iter().find(|k| k.kid == older.kid()).unwrap();
+        assert!(
+            retired.retired_at_ms.is_some() && !retired.active,
+            "{name}: {retired:?}"
+        );
+
+        let second = start_on_same_database(&s, &|_| {}).await;
+        assert_eq!(kids(&jwks(&second).await), vec![active.clone()], "{name}");
+        let response = second.post_token(&coordinator_token(&second, &older)).await;
+        assert_eq!(
+            response.status(),
+            422,
+            "{name}: a retired key still trusted"
+        );
+    }
 }

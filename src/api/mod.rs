@@ -120,13 +120,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(refuse_nul_in_url))
-        .layer(middleware::map_response(problem::problem_for_bare_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // Outside the timeout and the panic catcher, so their bare answers become problems too.
+        .layer(middleware::map_response(problem::problem_for_bare_errors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request| {
             let id = req

@@ -56,6 +56,11 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "private JWK Unwind signs with; generated (ES256) when absent. Unset: one key generated once and kept in the store for every replica (an earlier version's `<data_dir>/coordinator.jwk` is imported)",
     },
     KeyDoc {
+        key: "signing_key_passphrase_file",
+        default: Some("none: stored unencrypted"),
+        meaning: "file holding the passphrase the key kept in the store is encrypted with (AES-256-GCM under a PBKDF2-HMAC-SHA256 key); `UNWIND_KEY_PASSPHRASE` wins over it. A stored plaintext key is encrypted at the next start",
+    },
+    KeyDoc {
         key: "admin_token_file",
         default: Some("`<data_dir>/admin.token`"),
         meaning: "the admin bearer token, generated when absent",
@@ -124,6 +129,21 @@ pub const KEYS: &[KeyDoc] = &[
         key: "limits.request_timeout_s",
         default: None,
         meaning: "a request taking longer is answered 503 `unavailable`",
+    },
+    KeyDoc {
+        key: "limits.header_read_timeout_ms",
+        default: None,
+        meaning: "a connection that has not sent a whole request header this long after its first byte (or after connecting) is closed",
+    },
+    KeyDoc {
+        key: "limits.idle_timeout_s",
+        default: None,
+        meaning: "a keep-alive connection without a request this long is closed",
+    },
+    KeyDoc {
+        key: "limits.max_connections",
+        default: Some("half the open-file limit"),
+        meaning: "most client connections at once; at the limit the longest idle one is closed for the new one (with none idle, new ones wait)",
     },
     KeyDoc {
         key: "metrics.require_auth",

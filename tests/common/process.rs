@@ -211,6 +211,70 @@ impl ServeProcess {
         })
     }
 
+    /// `unwind serve` on a free port with its data in `data_dir` and no configuration file, run
+    /// as `sh -c "<prelude> && exec unwind serve ..."` (e.g. a `umask` or `ulimit` for it) in
+    /// `dir` with `env` set; `Err` holds what it printed when it exited before listening.
+    pub fn start_in_shell(
+        dir: &Path,
+        data_dir: &Path,
+        prelude: &str,
+        env: &[(&str, &str)],
+    ) -> Result<ServeProcess, String> {
+        let port = free_port();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{prelude} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_unwind"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("UNWIND_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("UNWIND_DATA_DIR", data_dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut printed = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                return Err(format!("{printed}{}", stderr.join().unwrap_or_default()));
+            }
+            printed.push_str(&line);
+            if line.contains("listening on") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no listening line:\n{printed}");
+        }
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = reader.read_to_string(&mut sink);
+        });
+        Ok(ServeProcess {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            printed,
+            data_dir: data_dir.to_path_buf(),
+            log: None,
+            client: reqwest::Client::new(),
+        })
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
