@@ -364,7 +364,12 @@ pub async fn decide(s: &TestServer, id: &str, decision: &str) -> reqwest::Respon
 
 pub const TERMINAL: &[&str] = &["completed", "partial", "failed", "aborted", "superseded"];
 
-/// Polls the rollback until it reaches one of `states`.
+/// How long [`wait_for`] waits. It returns as soon as the state is reached, so this costs time
+/// only when a test fails; a wide rollback on a loaded two-core machine (the test process runs
+/// the service and every agent on one thread) takes well over 30 s.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
+/// Polls the rollback until it reaches one of `states`, for at most [`WAIT_LIMIT`].
 pub async fn wait_for(s: &TestServer, id: &str, states: &[&str]) -> Value {
     let path = format!("/v1/rollbacks/{id}");
     poll_rollback(
@@ -374,7 +379,7 @@ pub async fn wait_for(s: &TestServer, id: &str, states: &[&str]) -> Value {
             body
         },
         states,
-        (Duration::from_secs(30), Duration::from_millis(50)),
+        (WAIT_LIMIT, Duration::from_millis(50)),
         |body| format!("{}: stuck in {}: {body}", s.name, body["status"]),
     )
     .await
