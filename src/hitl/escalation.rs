@@ -204,7 +204,12 @@ impl Escalations {
     pub async fn ledger_head(&self, head: &SignedHead) -> Result<(), HitlError> {
         let body = LedgerHeadBody::new(head);
         let key = format!("ledger.head:{}:{}", head.seq, head.iat);
-        let events = self.outbox_rows(&body.id, body.event_type, &serde_json::to_string(&body)?, &key);
+        let events = self.outbox_rows(
+            &body.id,
+            body.event_type,
+            &serde_json::to_string(&body)?,
+            &key,
+        );
         self.store.enqueue_events(&events).await?;
         if !events.is_empty() {
             self.wake.notify_one();

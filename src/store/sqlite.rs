@@ -28,8 +28,7 @@ use super::common::{
 };
 use super::{
     Backend, ChainEntry, ChainHead, EctFilter, EctMeta, EctRecord, InsertOutcome, LedgerTables,
-    NewEct, Page,
-    Store, StoreError, WorkflowSummary,
+    NewEct, Page, Store, StoreError, WorkflowSummary,
 };
 use crate::dag::DagNode;
 use crate::rollback::model::{

@@ -362,7 +362,10 @@ fn pin_mismatches(pins: &[super::pins::Pin], walk: &ChainWalk, head_seq: i64) ->
             None => out.push(reported(
                 PIN_CHECK,
                 jti,
-                format!("a {} names entry {}, which the ledger does not list", pin.what, pin.seq),
+                format!(
+                    "a {} names entry {}, which the ledger does not list",
+                    pin.what, pin.seq
+                ),
             )),
             Some((entry_jti, hash)) => {
                 if *hash != pin.chain_hash {
@@ -431,10 +434,7 @@ async fn served_records(
 }
 
 /// What is wrong with one served record: (jti, detail).
-pub fn record_mismatches(
-    item: &Value,
-    chained: &HashMap<String, String>,
-) -> Vec<(String, String)> {
+pub fn record_mismatches(item: &Value, chained: &HashMap<String, String>) -> Vec<(String, String)> {
     let served_jti = item.get("jti").and_then(Value::as_str).unwrap_or("-");
     let mut out = Vec::new();
     let Some(token) = item.get("token").and_then(Value::as_str) else {

@@ -42,9 +42,8 @@ pub fn load(path: &Path, keys: &JwkSet) -> Result<(Vec<Pin>, Vec<String>), CliEr
             .filter(|l| !l.trim().is_empty())
             .enumerate()
             .map(|(i, line)| {
-                serde_json::from_str(line).map_err(|e| {
-                    CliError::Usage(format!("{shown}: line {}: not JSON: {e}", i + 1))
-                })
+                serde_json::from_str(line)
+                    .map_err(|e| CliError::Usage(format!("{shown}: line {}: not JSON: {e}", i + 1)))
             })
             .collect::<Result<_, _>>()?,
     };

@@ -58,19 +58,20 @@ pub fn check(t: &LedgerTables) -> Vec<Reported> {
     }
     let (head_seq, head_hash, backfill) = &t.head;
     let last = t.chain.last();
-    if *head_seq != t.chain.len() as i64 || last.map(|(_, _, h)| h) != Some(head_hash) {
-        if !(t.chain.is_empty() && *head_seq == 0 && head_hash == chain::GENESIS) {
-            finding(
-                &mut out,
-                "-",
-                format!(
-                    "ledger_head says entry {head_seq} with hash {head_hash}; ledger_chain has {} \
-                     entries ending in {}",
-                    t.chain.len(),
-                    last.map(|(_, _, h)| h.as_str()).unwrap_or(chain::GENESIS)
-                ),
-            );
-        }
+    let empty = t.chain.is_empty() && *head_seq == 0 && head_hash == chain::GENESIS;
+    let head_matches =
+        *head_seq == t.chain.len() as i64 && last.map(|(_, _, h)| h) == Some(head_hash);
+    if !head_matches && !empty {
+        finding(
+            &mut out,
+            "-",
+            format!(
+                "ledger_head says entry {head_seq} with hash {head_hash}; ledger_chain has {} \
+                 entries ending in {}",
+                t.chain.len(),
+                last.map(|(_, _, h)| h.as_str()).unwrap_or(chain::GENESIS)
+            ),
+        );
     }
     if *backfill && !t.chain.is_empty() {
         finding(
