@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use common::ects::{checkpoint, new_ect, sha256_hex, token_of};
+use common::ects::{checkpoint, new_ect, sha256_hex, signed_as_stored, token_of};
 use common::{DbKind, TestStore, test_stores};
 use serde_json::json;
 use sqlx::Connection as _;
@@ -323,7 +323,7 @@ async fn list_filters() {
             if i % 4 == 0 {
                 e.exec_act = "checkpoint".into();
             }
-            batch.push(e);
+            batch.push(signed_as_stored(e, "1"));
         }
         batch.push(new_ect("f-nowid", None, &[], "1"));
         s.append(&batch).await.unwrap();
@@ -609,7 +609,7 @@ async fn concurrent_overlapping_batches_match_a_serial_run() {
                 new_ect(&format!("ov-{i:03}"), Some(&wid), &parents, "1")
             };
             e.iss = format!("spiffe://agent/{}", i % 5);
-            e
+            signed_as_stored(e, "1")
         })
         .collect();
     let batches: Vec<Vec<NewEct>> = (0..50)
@@ -679,9 +679,9 @@ async fn batch_of_500() {
                     &parents,
                     "1",
                 );
-                e.token = format!("{}{}", e.token, "x".repeat(600));
-                e.content_hash = common::ects::sha256_hex(&e.token);
-                e
+                // A token of a real one's size.
+                e.ext.insert("pad".into(), json!("x".repeat(450)));
+                signed_as_stored(e, "1")
             })
             .collect();
         // Warm up the connection and statement caches.

@@ -34,6 +34,7 @@ async fn neighbourhood_reads_follow_the_edges() {
         let mut e = new_ect("e", Some("w"), &["d"], "x");
         e.exec_act = "circuit_breaker_open".into();
         e.iat += 50;
+        let e = common::ects::signed_as_stored(e, "x");
         let batch = vec![
             new_ect("a", Some("w"), &[], "x"),
             new_ect("b", Some("w"), &["a"], "x"),

@@ -1063,3 +1063,35 @@ pub(crate) fn with_entries(
         })
         .collect()
 }
+
+/// The body of `Store::ledger_tables` on a pooled connection `$conn`: the same queries on both
+/// back ends (`ECT_COLUMNS`, `EctRow` and `HeadRow` are the calling back end's).
+macro_rules! ledger_tables_on {
+    ($conn:ident) => {{
+        let ects: Vec<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ECT_COLUMNS} FROM ects ORDER BY seq"
+        )))
+        .fetch_all(&mut *$conn)
+        .await?;
+        let head: HeadRow = sqlx::query_as(common::TABLES_HEAD_SQL)
+            .fetch_one(&mut *$conn)
+            .await?;
+        Ok(LedgerTables {
+            ects: ects.into_iter().map(Into::into).collect(),
+            edges: sqlx::query_as(common::TABLES_EDGES_SQL)
+                .fetch_all(&mut *$conn)
+                .await?,
+            chain: sqlx::query_as(common::TABLES_CHAIN_SQL)
+                .fetch_all(&mut *$conn)
+                .await?,
+            head: (head.seq, head.chain_hash, head.backfill),
+            workflows: sqlx::query_as(common::TABLES_WORKFLOWS_SQL)
+                .fetch_all(&mut *$conn)
+                .await?,
+            agents: sqlx::query_as(common::TABLES_AGENTS_SQL)
+                .fetch_all(&mut *$conn)
+                .await?,
+        })
+    }};
+}
+pub(crate) use ledger_tables_on;

@@ -500,30 +500,7 @@ impl Store for SqliteStore {
 
     async fn ledger_tables(&self) -> Result<LedgerTables, StoreError> {
         let mut conn = self.reader.acquire().await?;
-        let ects: Vec<EctRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ECT_COLUMNS} FROM ects ORDER BY seq"
-        )))
-        .fetch_all(&mut *conn)
-        .await?;
-        let head: HeadRow = sqlx::query_as(common::TABLES_HEAD_SQL)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(LedgerTables {
-            ects: ects.into_iter().map(Into::into).collect(),
-            edges: sqlx::query_as(common::TABLES_EDGES_SQL)
-                .fetch_all(&mut *conn)
-                .await?,
-            chain: sqlx::query_as(common::TABLES_CHAIN_SQL)
-                .fetch_all(&mut *conn)
-                .await?,
-            head: (head.seq, head.chain_hash, head.backfill),
-            workflows: sqlx::query_as(common::TABLES_WORKFLOWS_SQL)
-                .fetch_all(&mut *conn)
-                .await?,
-            agents: sqlx::query_as(common::TABLES_AGENTS_SQL)
-                .fetch_all(&mut *conn)
-                .await?,
-        })
+        common::ledger_tables_on!(conn)
     }
 
     async fn count_ects(&self) -> Result<i64, StoreError> {

@@ -273,30 +273,24 @@ pub mod ects {
         let iat = 1_700_000_000;
         let mut ext = Map::new();
         ext.insert("note".into(), json!(format!("{jti}-{salt}")));
-        let mut claims = Map::new();
-        claims.insert("jti".into(), json!(jti));
-        claims.insert("iss".into(), json!("spiffe://example.com/agent/a"));
-        claims.insert("par".into(), json!(parents));
-        claims.insert("iat".into(), json!(iat));
-        if let Some(w) = wid {
-            claims.insert("wid".into(), json!(w));
-        }
-        let token = token_of(&claims, salt);
-        NewEct {
-            jti: jti.to_string(),
-            wid: wid.map(str::to_string),
-            iss: "spiffe://example.com/agent/a".to_string(),
-            sub: None,
-            exec_act: "act".to_string(),
-            parents: parents.iter().map(|p| p.to_string()).collect(),
-            iat,
-            exp: iat + 600,
-            out_hash: None,
-            ext,
-            content_hash: sha256_hex(&token),
-            token,
-            kid: "k1".to_string(),
-        }
+        signed_as_stored(
+            NewEct {
+                jti: jti.to_string(),
+                wid: wid.map(str::to_string),
+                iss: "spiffe://example.com/agent/a".to_string(),
+                sub: None,
+                exec_act: "act".to_string(),
+                parents: parents.iter().map(|p| p.to_string()).collect(),
+                iat,
+                exp: iat + 600,
+                out_hash: None,
+                ext,
+                content_hash: String::new(),
+                token: String::new(),
+                kid: "k1".to_string(),
+            },
+            salt,
+        )
     }
 
     /// A checkpoint with the cascade draft's ext members.
@@ -309,6 +303,26 @@ pub mod ects {
             "cascade.rollback_uri".into(),
             json!("https://agent.example/.well-known/cascade/rollback"),
         );
+        signed_as_stored(e, "cp")
+    }
+
+    /// Gives a row the token its columns describe (the graph is read from the token, as a
+    /// stored token is the signed truth), with `salt` as the stand-in signature.
+    pub fn signed_as_stored(mut e: NewEct, salt: &str) -> NewEct {
+        let mut claims = Map::new();
+        claims.insert("jti".into(), json!(e.jti));
+        claims.insert("iss".into(), json!(e.iss));
+        claims.insert("aud".into(), json!("spiffe://unwind.local/coordinator"));
+        claims.insert("exec_act".into(), json!(e.exec_act));
+        claims.insert("par".into(), json!(e.parents));
+        claims.insert("iat".into(), json!(e.iat));
+        claims.insert("exp".into(), json!(e.exp));
+        claims.insert("ext".into(), Value::Object(e.ext.clone()));
+        if let Some(w) = &e.wid {
+            claims.insert("wid".into(), json!(w));
+        }
+        e.token = token_of(&claims, salt);
+        e.content_hash = sha256_hex(&e.token);
         e
     }
 

@@ -119,14 +119,24 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// A ledger row for a synthetic node; the token is an opaque string of a real JWS's size
-/// (the graph is read from the columns, not from the token).
+/// A ledger row for a synthetic node. The graph is decoded from the stored token, so the token
+/// carries the node's claims; its signature is a placeholder of a real one's size (nothing
+/// verifies a stored token when the graph is read).
 fn row_of(node: DagNode) -> NewEct {
-    let token = format!(
-        "eyJhbGciOiJFUzI1NiIsInR5cCI6IndpbXNlLWV4ZWMrand0In0.{}.{}",
-        node.jti.repeat(12),
-        "s".repeat(86)
-    );
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let mut claims = json!({
+        "iss": node.iss, "aud": "spiffe://bench.example/coordinator", "iat": node.iat,
+        "exp": node.iat + 3600, "jti": node.jti, "wid": WID, "exec_act": node.exec_act,
+        "par": node.parents,
+    });
+    if let Some(ext) = &node.ext {
+        claims["ext"] = serde_json::Value::Object(ext.clone());
+    }
+    let header = json!({"alg": "ES256", "typ": "wimse-exec+jwt", "kid": "bench"});
+    let token = format!("{}.{}.{}", b64(&header), b64(&claims), "A".repeat(86));
     NewEct {
         wid: Some(WID.into()),
         sub: None,
