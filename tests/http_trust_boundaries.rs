@@ -41,6 +41,11 @@ fn with_outsider(link_to: Option<Vec<String>>) -> impl Fn(&mut Config) {
     }
 }
 
+/// Signs with the key of the server's second entry, which the `other.org` entry shares.
+fn signed_by_other(s: &TestServer, claims: &Map<String, Value>) -> String {
+    s.other_key.sign_ect(claims, Profile::Draft00).unwrap()
+}
+
 /// Claims of `iss` (any id), addressed to Unwind.
 fn claims_of(
     iss: &str,
@@ -115,13 +120,7 @@ async fn an_outside_trust_domain_cannot_join_a_workflow_and_gain_standing() {
     for s in servers_with(with_outsider(None)).await {
         let (wid, cp) = router_checkpoint(&s).await;
         let before = ledger_size(&s).await;
-        let e = s
-            .other_key
-            .sign_ect(
-                &claims_of(OUTSIDER, &jti(), &wid, "act", &[&cp]),
-                Profile::Draft00,
-            )
-            .unwrap();
+        let e = signed_by_other(&s, &claims_of(OUTSIDER, &jti(), &wid, "act", &[&cp]));
         let r = post_single(&s, Some(&e), &e).await;
         assert_problem(r, 422, "parent_not_linkable", s.name).await;
         let r = post_single(&s, None, &e).await;
@@ -158,13 +157,8 @@ async fn an_outside_trust_domain_cannot_join_a_workflow_and_gain_standing() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         let start = start.expect("rollback_start signed");
-        let on_evidence = s
-            .other_key
-            .sign_ect(
-                &claims_of(OUTSIDER, &jti(), &wid, "observe", &[&start]),
-                Profile::Draft00,
-            )
-            .unwrap();
+        let on_evidence =
+            signed_by_other(&s, &claims_of(OUTSIDER, &jti(), &wid, "observe", &[&start]));
         let r = post_single(&s, None, &on_evidence).await;
         assert_eq!(r.status(), 201, "{}: {}", s.name, r.text().await.unwrap());
     }
@@ -175,13 +169,7 @@ async fn link_to_lets_a_named_entry_build_on_another_domain() {
     let link = Some(vec![format!("{AGENT_PREFIX}*")]);
     for s in servers_with(with_outsider(link.clone())).await {
         let (wid, cp) = router_checkpoint(&s).await;
-        let e = s
-            .other_key
-            .sign_ect(
-                &claims_of(OUTSIDER, &jti(), &wid, "act", &[&cp]),
-                Profile::Draft00,
-            )
-            .unwrap();
+        let e = signed_by_other(&s, &claims_of(OUTSIDER, &jti(), &wid, "act", &[&cp]));
         // Itself as context and as body: the body is a duplicate of the context.
         let r = post_single(&s, Some(&e), &e).await;
         assert_eq!(r.status(), 200, "{}: {}", s.name, r.text().await.unwrap());
@@ -190,13 +178,7 @@ async fn link_to_lets_a_named_entry_build_on_another_domain() {
 
         // The link is one way: the router's domain did not name other.org.
         let outsider_node = jti();
-        let node = s
-            .other_key
-            .sign_ect(
-                &claims_of(OUTSIDER, &outsider_node, &wid, "act", &[]),
-                Profile::Draft00,
-            )
-            .unwrap();
+        let node = signed_by_other(&s, &claims_of(OUTSIDER, &outsider_node, &wid, "act", &[]));
         assert_eq!(
             post_single(&s, None, &node).await.status(),
             201,
@@ -377,13 +359,10 @@ async fn a_wildcard_entry_cannot_mint_ids_to_evade_the_rollback_rate_limit() {
         // Burst 2 for the entry, although each id asks once.
         assert_eq!(codes, [404, 404, 429, 429], "{}", s.name);
         // Another entry has its own budget.
-        let other = s
-            .other_key
-            .sign_ect(
-                &claims_of(common::server::OTHER_ISSUER, &jti(), &wid, "ask", &[]),
-                Profile::Draft00,
-            )
-            .unwrap();
+        let other = signed_by_other(
+            &s,
+            &claims_of(common::server::OTHER_ISSUER, &jti(), &wid, "ask", &[]),
+        );
         assert_eq!(
             request_rollback(&s, &other, "no-such-checkpoint")
                 .await
