@@ -27,41 +27,28 @@ async fn attack(s: &TestServer, kind: DbKind, sql: &[String]) {
     match kind {
         DbKind::Sqlite => {
             let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-            let mut all: Vec<String> = [
-                "DROP TRIGGER ects_no_update",
-                "DROP TRIGGER ects_no_delete",
-                "DROP TRIGGER ect_edges_no_delete",
-                "DROP TRIGGER ledger_chain_no_update",
-                "DROP TRIGGER ledger_chain_no_delete",
-            ]
-            .map(String::from)
-            .to_vec();
+            // The append-only triggers of the SQLite migrations: dropped, then restored as
+            // they were.
+            let triggers = [
+                ("ects", "UPDATE"),
+                ("ects", "DELETE"),
+                ("ect_edges", "DELETE"),
+                ("ledger_chain", "UPDATE"),
+                ("ledger_chain", "DELETE"),
+            ];
+            let name = |table: &str, op: &str| format!("{table}_no_{}", op.to_lowercase());
+            let mut all: Vec<String> = triggers
+                .iter()
+                .map(|(table, op)| format!("DROP TRIGGER {}", name(table, op)))
+                .collect();
             all.extend(sql.iter().cloned());
-            all.push(
-                "CREATE TRIGGER ects_no_update BEFORE UPDATE ON ects BEGIN \
-                 SELECT RAISE(ABORT, 'table ects is append-only: UPDATE refused'); END"
-                    .into(),
-            );
-            all.push(
-                "CREATE TRIGGER ects_no_delete BEFORE DELETE ON ects BEGIN \
-                 SELECT RAISE(ABORT, 'table ects is append-only: DELETE refused'); END"
-                    .into(),
-            );
-            all.push(
-                "CREATE TRIGGER ect_edges_no_delete BEFORE DELETE ON ect_edges BEGIN \
-                 SELECT RAISE(ABORT, 'table ect_edges is append-only: DELETE refused'); END"
-                    .into(),
-            );
-            all.push(
-                "CREATE TRIGGER ledger_chain_no_update BEFORE UPDATE ON ledger_chain BEGIN \
-                 SELECT RAISE(ABORT, 'table ledger_chain is append-only: UPDATE refused'); END"
-                    .into(),
-            );
-            all.push(
-                "CREATE TRIGGER ledger_chain_no_delete BEFORE DELETE ON ledger_chain BEGIN \
-                 SELECT RAISE(ABORT, 'table ledger_chain is append-only: DELETE refused'); END"
-                    .into(),
-            );
+            for (table, op) in triggers {
+                all.push(format!(
+                    "CREATE TRIGGER {} BEFORE {op} ON {table} BEGIN \
+                     SELECT RAISE(ABORT, 'table {table} is append-only: {op} refused'); END",
+                    name(table, op)
+                ));
+            }
             for q in &all {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(q.as_str()))
                     .execute(&mut c)
